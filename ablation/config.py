@@ -1,0 +1,168 @@
+"""Typed schema of the Hydra config (`conf/train.yaml`) and the range checks run before any training.
+
+OmegaConf enforces the types at composition time (`dropout=abc` fails there); `validate` enforces
+the ranges, so that `python -m ablation dropout=1.5` is refused before a run exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+MODELS = ("cnn", "resnet18", "resnet50")
+CLASS_WEIGHTINGS = ("none", "balanced", "oversample")
+MONITORS = {"val_auc": "max", "val_loss": "min"}  # checkpoint criterion -> direction
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+
+
+@dataclass
+class AugmentationConf:
+    name: str = MISSING
+    flip: bool = False
+    rotation_deg: float = 0.0
+    shift: float = 0.0
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+
+@dataclass
+class ClassWeightingConf:
+    name: str = MISSING
+
+
+@dataclass
+class OptimizerConf:
+    name: str = "adam"
+    lr: float = 1e-3
+    schedule: str = "constant"
+
+
+@dataclass
+class TrainerConf:
+    monitor: str = "val_auc"
+    patience: int | None = None
+    threshold: float = 0.5
+    tune_threshold: bool = False
+    label_smoothing: float = 0.0
+    precision: str = "float32"
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    deterministic: bool = True
+    verbose: int = 2
+
+
+@dataclass
+class DataConf:
+    root: str = MISSING
+    image_size: int = 224
+    val_fraction: float = 0.1
+    max_train_per_class: int | None = None
+    cache_dir: str = MISSING
+
+
+@dataclass
+class TrackingConf:
+    uri: str = MISSING
+    experiment: str = "pneumonia-ablation"
+    artifact_location: str | None = None
+    skip_finished: bool = True
+
+
+@dataclass
+class PathsConf:
+    root: str = MISSING
+    runs: str = MISSING
+    cache: str = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConf = field(default_factory=ModelConf)
+    augmentation: AugmentationConf = field(default_factory=AugmentationConf)
+    class_weighting: ClassWeightingConf = field(default_factory=ClassWeightingConf)
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    data: DataConf = field(default_factory=DataConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    paths: PathsConf = field(default_factory=PathsConf)
+    dropout: float = 0.5
+    batchnorm: bool = True
+    epochs: int = 20
+    seed: int = 0
+    batch_size: int = 32
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range."""
+
+
+def _check(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse any out-of-range value, naming the key, the value and what is allowed."""
+    from ablation.models import min_image_size  # keras import: only once the types passed
+
+    _check(cfg.model.name in MODELS, "model", cfg.model.name, f"one of {', '.join(MODELS)}")
+    _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "a float in [0, 1)")
+    _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an int >= 1")
+    _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an int >= 1")
+    _check(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a float > 0")
+    _check(cfg.optimizer.schedule in SCHEDULES, "optimizer.schedule", cfg.optimizer.schedule, str(SCHEDULES))
+    weighting = cfg.class_weighting.name
+    _check(weighting in CLASS_WEIGHTINGS, "class_weighting", weighting, f"one of {CLASS_WEIGHTINGS}")
+
+    aug = cfg.augmentation
+    _check(0 <= aug.rotation_deg <= 180, "augmentation.rotation_deg", aug.rotation_deg, "degrees in [0, 180]")
+    for key in ("shift", "zoom", "brightness", "contrast"):
+        _check(0 <= aug[key] < 1, f"augmentation.{key}", aug[key], "a fraction in [0, 1)")
+
+    trainer = cfg.trainer
+    _check(trainer.monitor in MONITORS, "trainer.monitor", trainer.monitor, f"one of {tuple(MONITORS)}")
+    _check(
+        trainer.patience is None or trainer.patience >= 1,
+        "trainer.patience",
+        trainer.patience,
+        "null (no early stop) or an int >= 1",
+    )
+    _check(0 < trainer.threshold < 1, "trainer.threshold", trainer.threshold, "a probability in (0, 1)")
+    _check(
+        0 <= trainer.label_smoothing < 0.5, "trainer.label_smoothing", trainer.label_smoothing, "a float in [0, 0.5)"
+    )
+    _check(trainer.precision in PRECISIONS, "trainer.precision", trainer.precision, f"one of {PRECISIONS}")
+    _check(trainer.steps_per_execution >= 1, "trainer.steps_per_execution", trainer.steps_per_execution, "an int >= 1")
+
+    data = cfg.data
+    minimum = min_image_size(cfg.model.name)
+    _check(
+        data.image_size >= minimum,
+        "data.image_size",
+        data.image_size,
+        f"an int >= {minimum} for model {cfg.model.name} (its downsampling)",
+    )
+    _check(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
+    cap = data.max_train_per_class
+    _check(cap is None or cap >= 1, "data.max_train_per_class", cap, "null (all images) or an int >= 1")
+    root = Path(data.root)
+    _check(
+        root.is_dir(),
+        "data.root",
+        data.root,
+        "an existing folder holding train/ and test/ (and optionally val/), each with NORMAL/ and PNEUMONIA/",
+    )

@@ -1,0 +1,257 @@
+"""Chest X-ray data: scan the folders, split by patient, decode once into a cache, feed tf.data.
+
+Every run of `python -m ablation` goes through `load_data(cfg.data, ...)`; the decoded pixels live
+under `runs/cache/` so that only the first run at a given image size ever decodes a JPEG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+from PIL import Image
+from sklearn.model_selection import GroupShuffleSplit
+from sklearn.utils.class_weight import compute_class_weight
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("NORMAL", "PNEUMONIA")  # label 0 and 1
+LAYOUT = "data.root/{train,test}[/val]/{NORMAL,PNEUMONIA}/*.jpeg"
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are never read
+
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_"),  # person1000_bacteria_2931.jpeg
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)-"),  # IM-0115-0001.jpeg, NORMAL2-IM-0427-0001.jpeg
+)
+
+
+class DataError(ValueError):
+    """The data folder does not have the layout or content a run needs."""
+
+
+def patient_id(filename: str) -> str:
+    """The patient a file belongs to; a name we cannot parse is its own patient."""
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(filename)
+        if match:
+            return match.group(1)
+    return Path(filename).stem
+
+
+def scan_split(root: Path, split: str) -> tuple[list[Path], np.ndarray]:
+    """Files and labels of one split folder, in a stable order; refuses a missing or empty folder."""
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"missing split folder {folder}: expected the layout {LAYOUT}")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(CLASSES):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            raise DataError(f"missing class folder {class_dir}: expected the layout {LAYOUT}")
+        with os.scandir(class_dir) as entries:  # scandir's is_file() needs no stat per file
+            names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
+        files = [class_dir / name for name in names]
+        if not files:
+            raise DataError(f"empty class folder {class_dir}: expected X-ray images, layout {LAYOUT}")
+        paths += files
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One grayscale `size` x `size` uint8 image from any JPEG or PNG (RGB, CMYK, L, misnamed)."""
+    with Image.open(path) as image:
+        image.draft("L", (size, size))  # lets libjpeg decode large JPEGs at a reduced scale
+        # Squashed, not cropped: the 224 px copy was made the same way and the lungs fill the frame.
+        return np.asarray(image.convert("L").resize((size, size), Image.Resampling.LANCZOS))
+
+
+@dataclass
+class DecodedImages:
+    images: np.ndarray  # (n, size, size, 1) uint8, the readable files only
+    kept: np.ndarray  # (len(paths),) bool: which of the requested files decoded
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+
+def _cache_key(paths: list[Path], size: int) -> str:
+    entries = []
+    for path in paths:  # absolute already: load_data resolves the root once
+        stat = os.stat(path)
+        entries.append([str(path), stat.st_size, stat.st_mtime_ns])
+    blob = json.dumps({"version": CACHE_VERSION, "size": size, "files": entries})
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _decode_all(paths: list[Path], size: int) -> DecodedImages:
+    def one(path: Path) -> np.ndarray | str:
+        try:
+            return decode_image(path, size)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            return f"{type(error).__name__}: {error}"
+
+    # Pillow releases the GIL while decoding, so threads use every core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(one, paths))
+    kept = np.array([not isinstance(r, str) for r in results], dtype=bool)
+    skipped = {str(p): r for p, r in zip(paths, results, strict=True) if isinstance(r, str)}
+    pixels = [r for r in results if not isinstance(r, str)]
+    images = np.stack(pixels)[..., None] if pixels else np.zeros((0, size, size, 1), np.uint8)
+    return DecodedImages(images=images, kept=kept, skipped=skipped)
+
+
+def _read_cache(file: Path) -> DecodedImages:
+    with np.load(file, allow_pickle=False) as archive:
+        return DecodedImages(
+            images=archive["images"],
+            kept=archive["kept"],
+            skipped=json.loads(str(archive["skipped"])),
+        )
+
+
+def load_images(paths: list[Path], size: int, cache_dir: Path) -> DecodedImages:
+    """Decoded pixels for `paths`, from the cache keyed by the file list and size, built on a miss.
+
+    A file lock makes concurrent builders of the same cache wait for the first one, and the cache is
+    written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    file = cache_dir / f"{size}px-{_cache_key(paths, size)}.npz"
+    if file.exists():
+        decoded = _read_cache(file)
+    else:
+        with FileLock(str(file) + ".lock"):
+            if file.exists():
+                decoded = _read_cache(file)
+            else:
+                decoded = _decode_all(paths, size)
+                with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as tmp:
+                    np.savez(tmp, images=decoded.images, kept=decoded.kept, skipped=json.dumps(decoded.skipped))
+                os.replace(tmp.name, file)
+    for path, reason in decoded.skipped.items():
+        log.warning("skipped unreadable image %s (%s)", path, reason)
+    return decoded
+
+
+def split_by_patient(
+    paths: list[Path], labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices: per class, a seeded `val_fraction` of the patients goes to validation."""
+    groups = np.array([patient_id(p.name) for p in paths])
+    train_idx, val_idx = [], []
+    for label in range(len(CLASSES)):
+        idx = np.flatnonzero(labels == label)
+        splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+        tr, va = next(splitter.split(idx, groups=groups[idx]))
+        train_idx.append(idx[tr])
+        val_idx.append(idx[va])
+    train, val = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+    shared = set(groups[train]) & set(groups[val])
+    if shared:  # only possible if one patient id names images of both classes
+        raise DataError(f"patients in both training and validation: {sorted(shared)[:5]}")
+    return train, val
+
+
+def cap_per_class(indices: np.ndarray, labels: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """At most `cap` seeded-random indices of each class (all of them when `cap` is None)."""
+    if cap is None:
+        return indices
+    rng = np.random.default_rng(seed)
+    kept = [rng.permutation(indices[labels[indices] == c])[:cap] for c in range(len(CLASSES))]
+    return np.sort(np.concatenate(kept))
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (n, size, size, 1) uint8
+    labels: np.ndarray  # (n,) int64, 1 = PNEUMONIA
+    files: list[str]
+
+    def record(self) -> dict:
+        patients = np.array([patient_id(Path(f).name) for f in self.files])
+        return {
+            name: {
+                "images": int(np.sum(self.labels == c)),
+                "patients": len(set(patients[self.labels == c])),
+            }
+            for c, name in enumerate(CLASSES)
+        }
+
+
+@dataclass
+class ChestXray:
+    train: Split
+    val: Split
+    test: Split
+    skipped: dict[str, str]
+    image_size: int
+
+    def class_weights(self, mode: str) -> dict[int, float] | None:
+        """`balanced`: n / (2 n_c) on the training split; None for `none` and `oversample`."""
+        if mode != "balanced":
+            return None
+        weights = compute_class_weight("balanced", classes=np.arange(len(CLASSES)), y=self.train.labels)
+        return {c: float(w) for c, w in enumerate(weights)}
+
+    def record(self, class_weighting: str) -> dict:
+        return {
+            "image_size": self.image_size,
+            "splits": {name: getattr(self, name).record() for name in ("train", "val", "test")},
+            "class_weights": self.class_weights(class_weighting),
+            "skipped_files": self.skipped,
+        }
+
+
+def load_data(
+    root: str | Path,
+    image_size: int,
+    val_fraction: float,
+    seed: int,
+    cache_dir: str | Path,
+    max_train_per_class: int | None = None,
+) -> ChestXray:
+    """The three splits: train and validation from `train/` (+ `val/` if present), test from `test/`."""
+    root, cache_dir = Path(root).resolve(), Path(cache_dir)
+    if not root.is_dir():
+        raise DataError(f"data.root {root} is not a folder: expected the layout {LAYOUT}")
+    pool_paths, pool_labels = scan_split(root, "train")
+    if (root / "val").exists():  # the original Kaggle download's 16 images join the pool
+        val_paths, val_labels = scan_split(root, "val")
+        pool_paths, pool_labels = pool_paths + val_paths, np.concatenate([pool_labels, val_labels])
+    test_paths, test_labels = scan_split(root, "test")
+
+    pool = load_images(pool_paths, image_size, cache_dir)
+    test = load_images(test_paths, image_size, cache_dir)
+
+    # Split on the readable files only; the cache holds every file of the folder, so every seed,
+    # fraction and cap reuses it.
+    readable = [p for p, ok in zip(pool_paths, pool.kept, strict=True) if ok]
+    labels = pool_labels[pool.kept]
+    train_idx, val_idx = split_by_patient(readable, labels, val_fraction, seed)
+    train_idx = cap_per_class(train_idx, labels, max_train_per_class, seed)
+
+    def subset(idx: np.ndarray) -> Split:
+        return Split(pool.images[idx], labels[idx], [str(readable[i]) for i in idx])
+
+    test_files = [str(p) for p, ok in zip(test_paths, test.kept, strict=True) if ok]
+    data = ChestXray(
+        train=subset(train_idx),
+        val=subset(val_idx),
+        test=Split(test.images, test_labels[test.kept], test_files),
+        skipped={**pool.skipped, **test.skipped},
+        image_size=image_size,
+    )
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if len(set(split.labels.tolist())) < len(CLASSES):
+            raise DataError(f"the {name} split of {root} lacks a class after skipping unreadable files")
+    return data

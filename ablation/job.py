@@ -1,0 +1,110 @@
+"""One job of `python -m ablation`: validate, skip if done, train, record in MLflow, end the run.
+
+A job's run ends FINISHED, FAILED (the message in the `error` tag) or KILLED (Ctrl-C, SIGTERM);
+never RUNNING through anything Python can see. In a sweep, a failed job does not stop the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ablation import tracking
+from ablation.config import ConfigError, validate
+
+log = logging.getLogger(__name__)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """Run one configuration; returns the job's entry in the sweep table."""
+    hydra = HydraConfig.get()
+    in_sweep = hydra.mode == RunMode.MULTIRUN
+    sweep_dir = Path(hydra.sweep.dir)
+    out_dir = Path(hydra.runtime.output_dir)
+    overrides = " ".join(hydra.overrides.task)
+    entry: dict = {"job": hydra.job.num if in_sweep else 0, "overrides": overrides}
+
+    def finish(status: str, **fields) -> dict:
+        entry.update(status=status, **fields)
+        if in_sweep:
+            tracking.append_job(sweep_dir, entry)
+        return entry
+
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        log.error("refused %s: %s", overrides or "the run", error)
+        finish("REFUSED", error=str(error))
+        if in_sweep:
+            return entry
+        raise
+
+    client = tracking.client(cfg.tracking.uri)
+    # Serialises the first touch of a fresh store (schema migration) across parallel jobs.
+    Path(cfg.paths.runs).mkdir(parents=True, exist_ok=True)
+    with tracking.FileLock(str(Path(cfg.paths.runs) / "mlflow-init.lock")):
+        experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_location)
+        tracking.reap_stale_runs(client, experiment_id)
+    digest = tracking.config_hash(cfg)
+    if cfg.tracking.skip_finished:
+        done = tracking.finished_run(client, experiment_id, digest)
+        if done:
+            log.info(
+                "skipped (already FINISHED as run %s): %s; tracking.skip_finished=false re-runs it", done, overrides
+            )
+            return finish("SKIPPED", run_id=done)
+
+    tags = {
+        tracking.ROLE: "job",
+        tracking.CONFIG_HASH: digest,
+        "hydra.overrides": overrides,
+        "git_commit": tracking.git_commit(cfg.paths.root),
+        **tracking.process_tags(),
+    }
+    parent = None
+    if in_sweep:
+        parent = tracking.sweep_parent(client, experiment_id, sweep_dir, cfg.tracking.uri)
+        tags[tracking.PARENT] = parent
+    run_id = client.create_run(
+        experiment_id, run_name=", ".join(hydra.overrides.task) or cfg.model.name, tags=tags
+    ).info.run_id
+    entry["run_id"] = run_id
+    log.info("MLflow run %s (%s) in experiment %r", run_id, overrides or "defaults", cfg.tracking.experiment)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # scancel and kill end the run KILLED, like Ctrl-C
+    try:
+        from ablation.train import train  # TensorFlow loads only for a job that trains
+
+        tracking.log_params(client, run_id, tracking.run_params(cfg))
+        result = train(cfg, callbacks=[tracking.EpochLogger(client, run_id)])
+        tracking.log_result(client, run_id, cfg, result, out_dir)
+    except KeyboardInterrupt as interrupt:
+        message = f"interrupted ({interrupt or 'Ctrl-C'})"
+        tracking.end_run(client, run_id, "KILLED", message)
+        if parent:
+            tracking.end_run(client, parent, "KILLED", message)
+        finish("KILLED", error=message)
+        raise
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"
+        log.exception("job failed: %s", overrides)
+        tracking.end_run(client, run_id, "FAILED", message)
+        finish("FAILED", error=message)
+        if in_sweep:
+            return entry
+        raise
+    tracking.end_run(client, run_id, "FINISHED")
+    auc = result.test_metrics["auc"]
+    log.info("finished run %s: test AUC %.4f, accuracy %.4f", run_id, auc, result.test_metrics["accuracy"])
+    return finish("FINISHED", test_auc=round(float(auc), 4))

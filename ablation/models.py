@@ -1,0 +1,208 @@
+"""The networks a run can train: `python -m ablation model=cnn|resnet18|resnet50`.
+
+Every builder takes float32 images in [0, 255] of shape (H, W, C), C = 1 or 3, and returns a model
+whose output is one float32 logit per image, shape (batch, 1); the loss applies the sigmoid
+(`from_logits=True`). The last convolutional feature map comes out of a layer named `features`, which
+Grad-CAM finds with `model.get_layer("features")`.
+
+The two ablation switches act on every network alike: `batchnorm=False` removes every
+BatchNormalization layer, and `dropout=0` removes every Dropout layer (any other value is the rate of
+each of them). Where dropout sits:
+
+- `cnn`: after the 128- and 256-filter convolution blocks, as in the reference notebook, and at the end
+  of each dense block, Dense(relu) -> BN -> Dropout. With the notebook's Dropout -> BN, the BN's moving
+  variance is learnt on dropped-out activations and is wrong at inference, when dropout is off: the
+  "variance shift" of Li et al. 2019 (arXiv:1801.05134). Dropout after the BN keeps each block's own
+  BN clean. The next block's BN still sees that dropout through a Dense layer, a smaller shift that
+  only removing the inner dropouts would avoid; we keep them to stay close to the notebook.
+- `resnet18`, `resnet50`: only between global average pooling and the final Dense, after every BN.
+  Inside a residual branch dropout would precede the next BN and cause the same shift; He et al. 2016
+  use no dropout at all and rely on BN's regularisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+# Keras' ResNets use this epsilon; matching it keeps our ResNet-50 numerically comparable to theirs.
+BN_EPSILON = 1.001e-5
+
+# Stride-2 steps (pooling or strided conv) of each network. A step needs at least 2 pixels to
+# downsample: the cnn's unpadded max-pools fail on fewer, and the ResNets' padded layers would turn a
+# 1-pixel map into a 1-pixel map, downsampling nothing. Hence the minimum side is 2**steps.
+_DOWNSAMPLING_STEPS = {"cnn": 5, "resnet18": 5, "resnet50": 5}
+
+
+def min_image_size(name: str) -> int:
+    """Smallest image side the network's downsampling accepts (its total stride)."""
+    _check_name(name)
+    return 2 ** _DOWNSAMPLING_STEPS[name]
+
+
+def _check_name(name: str) -> None:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}")
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], dropout: float, batchnorm: bool) -> keras.Model:
+    """The network `name` for images of `input_shape`; refuses unknown names and too-small images."""
+    _check_name(name)
+    side, minimum = min(input_shape[:2]), min_image_size(name)
+    if side < minimum:
+        raise ValueError(
+            f"data.image_size={side} is too small for {name}: its downsampling needs at least {minimum} px"
+        )
+    return MODELS[name](input_shape, dropout, batchnorm)
+
+
+def backbone(model: keras.Model) -> keras.Model:
+    """The part of `model` from its input up to the `features` map (no pooling, no head)."""
+    return keras.Model(model.input, model.get_layer("features").output, name=f"{model.name}_backbone")
+
+
+def _inputs(input_shape: tuple[int, int, int]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    inputs = keras.Input(shape=input_shape, name="image")
+    # Rescaling inside the model, so that a saved model takes the same raw pixels the data module yields.
+    return inputs, layers.Rescaling(1 / 255, name="rescale")(inputs)
+
+
+def _dropout(x, rate: float, name: str):
+    return layers.Dropout(rate, name=name)(x) if rate > 0 else x
+
+
+def _logit(x):
+    # float32 even under a mixed-precision policy: the loss and the sigmoid need the full range.
+    return layers.Dense(1, dtype="float32", name="logit")(x)
+
+
+def build_cnn(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool) -> keras.Model:
+    """The reference Kaggle notebook's network, with dropout after BN in the dense blocks.
+
+    BN follows a ReLU here, so unlike in the ResNets the preceding layer's bias is not redundant and
+    every layer keeps it, with or without BN.
+    """
+    inputs, x = _inputs(input_shape)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem_conv1")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem_conv2")(x)
+    x = layers.MaxPooling2D(name="stem_pool")(x)
+    for i, filters in enumerate((32, 64, 128, 256), start=1):
+        name = f"conv{i}"
+        x = layers.SeparableConv2D(filters, 3, padding="same", activation="relu", name=f"{name}_sep1")(x)
+        x = layers.SeparableConv2D(filters, 3, padding="same", activation="relu", name=f"{name}_sep2")(x)
+        if batchnorm:
+            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        if filters == 256:
+            # Before the pooling, like VGG's conv5_3 in the Grad-CAM paper: twice the resolution.
+            x = layers.Identity(name="features")(x)
+        x = layers.MaxPooling2D(name=f"{name}_pool")(x)
+        if filters >= 128:
+            x = _dropout(x, dropout, f"{name}_dropout")
+    x = layers.Flatten(name="flatten")(x)
+    for units in (512, 128, 64):
+        name = f"dense{units}"
+        x = layers.Dense(units, activation="relu", name=name)(x)
+        if batchnorm:
+            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = _dropout(x, dropout, f"{name}_dropout")
+    return keras.Model(inputs, _logit(x), name="cnn")
+
+
+def _conv_bn(x, filters: int, kernel: int, strides: int, batchnorm: bool, name: str, bn_name: str):
+    # A bias before BN is cancelled by BN's mean subtraction; without BN it is the layer's only offset.
+    padding = "same" if kernel > 1 else "valid"
+    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=not batchnorm, name=name)(x)
+    if batchnorm:
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=bn_name)(x)
+    return x
+
+
+def _shortcut(x, filters: int, strides: int, batchnorm: bool, name: str):
+    if strides == 1 and x.shape[-1] == filters:
+        return x
+    return _conv_bn(x, filters, 1, strides, batchnorm, f"{name}_proj_conv", f"{name}_proj_bn")
+
+
+def basic_block(x, filters: int, strides: int, batchnorm: bool, name: str):
+    """ResNet-18/34 block: 3x3 conv, BN, ReLU, 3x3 conv, BN, add the shortcut, ReLU."""
+    shortcut = _shortcut(x, filters, strides, batchnorm, name)
+    x = _conv_bn(x, filters, 3, strides, batchnorm, f"{name}_conv1", f"{name}_bn1")
+    x = layers.ReLU(name=f"{name}_relu1")(x)
+    x = _conv_bn(x, filters, 3, 1, batchnorm, f"{name}_conv2", f"{name}_bn2")
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.ReLU(name=f"{name}_out")(x)
+
+
+def bottleneck_block(x, filters: int, strides: int, batchnorm: bool, name: str):
+    """ResNet-50 block: 1x1 reduce, 3x3, 1x1 expand to 4 * `filters`, add the shortcut, ReLU.
+
+    The stride sits on the first 1x1 conv, as in keras.applications.ResNet50 (the original v1 paper);
+    torchvision's "v1.5" strides the 3x3 instead, which costs more compute and gains some accuracy.
+    """
+    shortcut = _shortcut(x, 4 * filters, strides, batchnorm, name)
+    x = _conv_bn(x, filters, 1, strides, batchnorm, f"{name}_conv1", f"{name}_bn1")
+    x = layers.ReLU(name=f"{name}_relu1")(x)
+    x = _conv_bn(x, filters, 3, 1, batchnorm, f"{name}_conv2", f"{name}_bn2")
+    x = layers.ReLU(name=f"{name}_relu2")(x)
+    x = _conv_bn(x, 4 * filters, 1, 1, batchnorm, f"{name}_conv3", f"{name}_bn3")
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.ReLU(name=f"{name}_out")(x)
+
+
+def stage(x, block: Callable, filters: int, blocks: int, strides: int, batchnorm: bool, name: str):
+    """`blocks` residual blocks; only the first one downsamples (by `strides`) and widens."""
+    for i in range(1, blocks + 1):
+        x = block(x, filters, strides if i == 1 else 1, batchnorm, f"{name}_block{i}")
+    return x
+
+
+def _resnet_stem(x, batchnorm: bool):
+    # Explicit zero padding and unpadded layers, exactly as keras.applications.ResNet50.
+    x = layers.ZeroPadding2D(3, name="stem_pad")(x)
+    x = layers.Conv2D(64, 7, strides=2, use_bias=not batchnorm, name="stem_conv")(x)
+    if batchnorm:
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+
+
+def _resnet(
+    name: str,
+    block: Callable,
+    stage_blocks: tuple[int, ...],
+    input_shape: tuple[int, int, int],
+    dropout: float,
+    batchnorm: bool,
+) -> keras.Model:
+    inputs, x = _inputs(input_shape)
+    x = _resnet_stem(x, batchnorm)
+    for i, (filters, blocks) in enumerate(zip((64, 128, 256, 512), stage_blocks, strict=True)):
+        # Stages are numbered from 2 (the stem is stage 1), as in the paper and in Keras' layer names.
+        x = stage(x, block, filters, blocks, 1 if i == 0 else 2, batchnorm, f"stage{i + 2}")
+    x = layers.Identity(name="features")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = _dropout(x, dropout, "head_dropout")
+    return keras.Model(inputs, _logit(x), name=name)
+
+
+def build_resnet18(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool) -> keras.Model:
+    """ResNet-18 (He et al. 2016): basic blocks in stages of [2, 2, 2, 2]."""
+    return _resnet("resnet18", basic_block, (2, 2, 2, 2), input_shape, dropout, batchnorm)
+
+
+def build_resnet50(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool) -> keras.Model:
+    """ResNet-50 v1: bottleneck blocks in stages of [3, 4, 6, 3].
+
+    The backbone is keras.applications.ResNet50's, less the bias of every conv (BN cancels them).
+    """
+    return _resnet("resnet50", bottleneck_block, (3, 4, 6, 3), input_shape, dropout, batchnorm)
+
+
+MODELS: dict[str, Callable[[tuple[int, int, int], float, bool], keras.Model]] = {
+    "cnn": build_cnn,
+    "resnet18": build_resnet18,
+    "resnet50": build_resnet50,
+}

@@ -1,0 +1,270 @@
+"""MLflow bookkeeping for `python -m ablation`: experiments, sweep and job runs, params, metrics, artifacts.
+
+Runs are written through `MlflowClient` with explicit run ids, so jobs in other processes (joblib,
+Ray, SLURM) attach to the same sweep parent: its id is kept in the sweep directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import keras
+import mlflow
+import pandas as pd
+from filelock import FileLock
+from hydra.experimental.callback import Callback
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
+
+from ablation import figures
+
+log = logging.getLogger(__name__)
+
+ROLE = "ablation.role"  # "sweep" on a parent run, "job" on a child run
+CONFIG_HASH = "ablation.config_hash"
+HOST, PID = "ablation.host", "ablation.pid"
+PARENT = "mlflow.parentRunId"
+PARENT_FILE = "mlflow_parent.json"  # in the sweep dir: the parent run every job attaches to
+JOBS_FILE = "jobs.jsonl"  # in the sweep dir: one line per finished, failed, refused or skipped job
+# Keys that locate things rather than define the training: left out of the resume hash.
+NOT_TRAINING = ("tracking", "paths", "data.root", "data.cache_dir", "trainer.verbose")
+# The SPEC's short params, besides every dotted leaf.
+SHORT_PARAMS = ("dropout", "batchnorm", "epochs", "seed", "batch_size")
+
+
+def client(uri: str) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def redact(value: str) -> str:
+    """A URI without its password: secrets in `user:pass@host` never reach a param."""
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """Every leaf of the resolved config under its dotted name."""
+    flat: dict[str, str] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = redact(str(node))
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def run_params(cfg: DictConfig) -> dict[str, str]:
+    params = flatten(cfg)
+    params.update(
+        model=cfg.model.name,
+        augmentation=cfg.augmentation.name,
+        class_weighting=cfg.class_weighting.name,
+    )
+    return params
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Identity of a training configuration: every leaf except where things are stored."""
+    params = {k: v for k, v in flatten(cfg).items() if not k.startswith(NOT_TRAINING)}
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def git_commit(root: str) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def ensure_experiment(mlflow_client: mlflow.MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # another job created it first
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_runs(mlflow_client: mlflow.MlflowClient, experiment_id: str) -> list[str]:
+    """End as KILLED every RUNNING run of this host whose process is gone (kill -9, OOM killer)."""
+    reaped = []
+    for run in mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get(HOST) != socket.gethostname() or _pid_alive(int(tags.get(PID, "0") or 0)):
+            continue
+        mlflow_client.set_tag(run.info.run_id, "error", f"process {tags.get(PID)} died while the run was RUNNING")
+        mlflow_client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        reaped.append(run.info.run_id)
+        log.warning("marked stale run %s KILLED: its process %s is gone", run.info.run_id, tags.get(PID))
+    return reaped
+
+
+def finished_run(mlflow_client: mlflow.MlflowClient, experiment_id: str, digest: str) -> str | None:
+    """The id of a FINISHED run with this training configuration, if any."""
+    runs = mlflow_client.search_runs(
+        [experiment_id], f"tags.`{CONFIG_HASH}` = '{digest}' and attributes.status = 'FINISHED'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def process_tags() -> dict[str, str]:
+    return {HOST: socket.gethostname(), PID: str(os.getpid())}
+
+
+def sweep_parent(mlflow_client: mlflow.MlflowClient, experiment_id: str, sweep_dir: Path, uri: str) -> str:
+    """The sweep's parent run id: created by the first job that trains, read by every other job."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    record = sweep_dir / PARENT_FILE
+    with FileLock(str(record) + ".lock"):
+        if record.exists():
+            return json.loads(record.read_text())["run_id"]
+        run = mlflow_client.create_run(
+            experiment_id,
+            run_name=f"sweep {sweep_dir.parent.name} {sweep_dir.name}",
+            tags={ROLE: "sweep", "ablation.sweep_dir": str(sweep_dir), **process_tags()},
+        )
+        record.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
+        return run.info.run_id
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs every Keras epoch metric to MLflow with step = epoch number (1-based)."""
+
+    def __init__(self, mlflow_client: mlflow.MlflowClient, run_id: str):
+        super().__init__()
+        self.mlflow_client, self.run_id = mlflow_client, run_id
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        now = int(time.time() * 1000)
+        lr = self.model.optimizer.learning_rate
+        entries = {**(logs or {}), "learning_rate": float(keras.ops.convert_to_numpy(lr))}
+        metrics = [Metric(k, float(v), now, epoch + 1) for k, v in entries.items()]
+        self.mlflow_client.log_batch(self.run_id, metrics=metrics)
+
+
+def log_params(mlflow_client: mlflow.MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        mlflow_client.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_result(mlflow_client: mlflow.MlflowClient, run_id: str, cfg: DictConfig, result, out_dir: Path) -> None:
+    """Test metrics, the data record and every artifact of a trained run (written to `out_dir` first)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    now = int(time.time() * 1000)
+    once = {f"test_{k}": float(v) for k, v in result.test_metrics.items()}
+    once.update(
+        num_params=result.model.count_params(),
+        best_epoch=result.best_epoch,
+        threshold=result.threshold,
+        **result.timings,
+    )
+    for name, weight in (result.class_weights or {}).items():
+        once[f"class_weight_{name}"] = weight
+    record = result.data.record(cfg.class_weighting.name)
+    for split, classes in record["splits"].items():
+        for cls, counts in classes.items():
+            for what, count in counts.items():
+                once[f"data_{split}_{cls.lower()}_{what}"] = count
+    once["data_skipped_files"] = len(record["skipped_files"])
+    mlflow_client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in once.items()])
+
+    summary = io.StringIO()
+    result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
+    (out_dir / "model_summary.txt").write_text(summary.getvalue())
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out_dir / "data_record.json").write_text(json.dumps(record, indent=2))
+    pd.DataFrame(
+        {"file": result.data.test.files, "label": result.data.test.labels, "probability": result.test_probabilities}
+    ).to_csv(out_dir / "test_predictions.csv", index=False)
+    figures.learning_curves(result.history, result.best_epoch, out_dir / "learning_curves.png")
+    labels, probs = result.data.test.labels, result.test_probabilities
+    figures.confusion_matrix(labels, probs, result.threshold, out_dir / "confusion_matrix.png")
+    figures.roc_curve(labels, probs, out_dir / "roc_curve.png")
+    for name in (
+        "model_summary.txt",
+        "config.yaml",
+        "data_record.json",
+        "test_predictions.csv",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "roc_curve.png",
+    ):
+        mlflow_client.log_artifact(run_id, str(out_dir / name))
+    model_dir = out_dir / "model"
+    model_dir.mkdir(exist_ok=True)
+    result.model.save(model_dir / "model.keras")
+    mlflow_client.log_artifact(run_id, str(model_dir / "model.keras"), artifact_path="model")
+
+
+def end_run(mlflow_client: mlflow.MlflowClient, run_id: str, status: str, error: str | None = None) -> None:
+    """Terminate a run; never raises, so the error that ended it is the one the user sees."""
+    with contextlib.suppress(Exception):
+        if error:
+            mlflow_client.set_tag(run_id, "error", error[:5000])
+        mlflow_client.set_terminated(run_id, status)
+
+
+def append_job(sweep_dir: Path, entry: dict) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(sweep_dir / JOBS_FILE) + ".lock"), open(sweep_dir / JOBS_FILE, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep: a table of its jobs, the parent run ended, exit status 1 if any job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs_file = sweep_dir / JOBS_FILE
+        jobs = [json.loads(line) for line in jobs_file.read_text().splitlines()] if jobs_file.exists() else []
+        if not jobs:
+            return
+        table = pd.DataFrame(jobs).sort_values("job")
+        columns = [c for c in ("job", "status", "test_auc", "run_id", "overrides") if c in table]
+        print(f"\nSweep {sweep_dir}:\n" + table[columns].to_string(index=False, na_rep="-"))
+        failed = table[table.status.isin(["FAILED", "REFUSED", "KILLED"])]
+        parent_file = sweep_dir / PARENT_FILE
+        if parent_file.exists():
+            parent = json.loads(parent_file.read_text())
+            status = "FAILED" if len(failed) else "FINISHED"
+            end_run(
+                client(parent["tracking_uri"]),
+                parent["run_id"],
+                status,
+                f"{len(failed)} of {len(table)} jobs failed" if len(failed) else None,
+            )
+        if len(failed):
+            for _, job in failed.iterrows():
+                print(f"job {job.job} {job.status}: {job.overrides}: {job.get('error', '')}")
+            raise SystemExit(1)

@@ -1,0 +1,451 @@
+"""`python -m analysis report`: the tables (CSV), figures (PNG) and report (Markdown + one
+self-contained HTML file) of one ablation study, logged back to the sweep run under `report/`."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import figures
+from analysis.runs import TEST_METRICS, Study
+from analysis.stats import (
+    ablation_table,
+    choose_baseline,
+    config_keys,
+    effects,
+    find_factors,
+    label,
+    main_effects,
+    matters,
+    ordered_configs,
+    parse_baseline,
+    run_stability,
+    stability,
+)
+
+KEY_METRICS = ("test_auc", "test_accuracy", "test_f1")  # the ones the summary and the report tables show
+NAMES = {
+    "test_accuracy": "accuracy",
+    "test_precision": "precision",
+    "test_recall": "recall (sensitivity)",
+    "test_specificity": "specificity",
+    "test_f1": "F1",
+    "test_auc": "ROC AUC",
+    "test_pr_auc": "PR AUC",
+}
+BASELINE_RULE = (
+    "each factor not given with `--baseline` takes its first level, levels sorted with "
+    "none/False/off/0 first, then numbers in numeric order, then text alphabetically "
+    "(factor by factor, among the configurations that exist)"
+)
+STABILITY_RULE = (
+    "jitter = mean absolute change from epoch e−1 to epoch e over the epochs e > E/2 (E = the run's "
+    "last logged epoch), averaged over seeds; best val AUC epoch = epoch of the highest val_auc "
+    "(first one on ties), averaged over seeds"
+)
+
+
+def default_out(study: Study) -> Path:
+    name = re.sub(r"[^\w.-]+", "_", study.experiment)
+    return Path.cwd() / "runs" / "reports" / f"{name}-{study.parent_id[:8] if study.parent_id else 'all'}"
+
+
+def _num(x, digits=3, sign=False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _ci(mean, low, high, sign=False) -> str:
+    if math.isnan(low):
+        return _num(mean, sign=sign)
+    # No-break space inside the brackets: a narrow table cell wraps before the interval, not inside it.
+    return f"{_num(mean, sign=sign)} [{_num(low, sign=sign)},\u00a0{_num(high, sign=sign)}]"
+
+
+def _p(p: float, prefix: str = "") -> str:
+    """'0.006' or '< 0.001'; with prefix 'p ' it reads 'p = 0.006' or 'p < 0.001'."""
+    if math.isnan(p):
+        return prefix + "—"
+    return prefix + ("< 0.001" if p < 0.001 else ("= " if prefix else "") + f"{p:.3f}")
+
+
+def _top(values: pd.Series):
+    """Index of the highest value; a metric missing everywhere must not stop the report."""
+    return values.fillna(-math.inf).idxmax()
+
+
+def _best_per_network(study: Study, finished: pd.DataFrame, factors: list[str], tmp: Path) -> list[dict]:
+    by = [figures.NETWORK] if figures.NETWORK in factors else []
+    others = [f for f in factors if f not in by]
+    ranked = finished.sort_values("test_auc", ascending=False, na_position="last", kind="stable")
+    best = []
+    for key in ordered_configs(finished, by):
+        run = ranked[config_keys(ranked, by).map(key.__eq__)].iloc[0]
+        csv = study.artifact(run["run_id"], "test_predictions.csv", tmp / run["run_id"])
+        network = key[0] if by else "best run"
+        rest = label(config_keys(run.to_frame().T, others).iloc[0], others)
+        seed = run.get("seed", "?")
+        best.append(
+            {
+                "network": network,
+                "config": rest,
+                "seed": seed,
+                "title": f"{network} ({rest}, seed {seed})",
+                "run_id": run["run_id"],
+                "test_auc": run["test_auc"],
+                "threshold": 0.5 if math.isnan(run["threshold"]) else float(run["threshold"]),
+                "predictions": pd.read_csv(csv) if csv else None,
+            }
+        )
+    return best
+
+
+def _data_record_blocks(record: dict | None, run_id: str) -> list:
+    if record is None:
+        return [("p", f"Run `{run_id}` logged no `data_record.json`.")]
+    rows = [
+        {"split": split, "class": cls, "images": v.get("images"), "patients": v.get("patients")}
+        for split, classes in record.get("splits", {}).items()
+        for cls, v in classes.items()
+    ]
+    weights = record.get("class_weights")
+    names = dict(enumerate(figures.CLASSES))
+    weight_text = (
+        ", ".join(f"{names.get(int(k), k)} ({k}): {float(w):.3f}" for k, w in weights.items())
+        if weights
+        else "none (unweighted loss)"
+    )
+    skipped = record.get("skipped_files") or {}
+    blocks = [
+        ("p", f"From the best run `{run_id}`; image size {record.get('image_size', '?')} px."),
+        ("table", pd.DataFrame(rows)),
+        ("p", f"**Class weights:** {weight_text}."),
+        ("p", f"**Skipped files:** {len(skipped)}."),
+    ]
+    if skipped:
+        shown = pd.DataFrame(list(skipped.items())[:20], columns=["file", "reason"])
+        blocks.append(("table", shown))
+        if len(skipped) > 20:
+            blocks.append(("p", f"… and {len(skipped) - 20} more (see `data_record.json`)."))
+    return blocks
+
+
+def _summary(factors, table, main, baseline) -> list[str]:
+    """The answer first: best configuration, then which factors matter."""
+    best = table.loc[_top(table["test_auc_mean"])]
+    key = tuple(best[factors].astype(str))
+    ci = {m: _ci(best[f"{m}_mean"], best[f"{m}_ci_low"], best[f"{m}_ci_high"]) for m in KEY_METRICS}
+    lines = [
+        f"**Best configuration:** {label(key, factors)}: test ROC AUC {ci['test_auc']}, "
+        f"accuracy {ci['test_accuracy']} "
+        + ("(n = 1: no interval)." if best["n"] == 1 else f"(n = {int(best['n'])} seeds; 95% CI in brackets).")
+    ]
+    if not factors:
+        lines.append("No param varies across the finished runs: one configuration, nothing to compare.")
+        return lines
+    shown = main[main["metric"].isin(KEY_METRICS) & (main["test"] != "reference")]
+    real = shown[matters(shown["diff_ci_low"], shown["diff_ci_high"], shown["p_value"])]
+    parts = [
+        f"{f} ({', '.join(NAMES[m] for m in KEY_METRICS if m in set(g['metric']))})"
+        for f, g in real.groupby("factor", sort=False)
+    ]
+    lines.append(
+        f"**Factors that matter:** {'; '.join(parts)}."
+        if parts
+        else "**No factor** has a main effect on ROC AUC, accuracy or F1 whose 95% CI excludes 0 (or p < 0.05)."
+    )
+    for (f, level), g in shown.groupby(["factor", "level"], sort=False):
+        bits = [
+            f"{NAMES[r.metric]} {_ci(r.diff, r.diff_ci_low, r.diff_ci_high, sign=True)}, "
+            f"{_p(r.p_value, 'p ')}{' ✔' if matters(r.diff_ci_low, r.diff_ci_high, r.p_value) else ''}"
+            for r in g.set_index("metric").loc[list(KEY_METRICS)].reset_index().itertuples()
+        ]
+        lines.append(f"{f} = {level} vs {g['reference'].iloc[0]} ({g['test'].iloc[0]}): " + "; ".join(bits))
+    lines.append(f"Baseline for the effects table: **{label(baseline, factors)}** ({BASELINE_RULE}).")
+    return lines
+
+
+def _shown_ablation(table: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
+    shown = table[factors + ["n"]].copy()
+    for m in TEST_METRICS:
+        shown[NAMES[m]] = [_ci(*v) for v in table[[f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high"]].to_numpy()]
+    best = _top(table["test_auc_mean"])
+    shown.loc[best, NAMES["test_auc"]] = "★ " + shown.loc[best, NAMES["test_auc"]]
+    return shown
+
+
+def _shown_main(main: pd.DataFrame) -> pd.DataFrame:
+    main = main[main["metric"].isin(KEY_METRICS)]
+    return pd.DataFrame(
+        {
+            "factor": main["factor"],
+            "level": main["level"],
+            "n": main["n"],
+            "metric": main["metric"].map(NAMES),
+            "mean [95% CI]": [_ci(*v) for v in main[["mean", "ci_low", "ci_high"]].to_numpy()],
+            "Δ vs reference [95% CI]": [
+                _ci(*v, sign=True) for v in main[["diff", "diff_ci_low", "diff_ci_high"]].to_numpy()
+            ],
+            "p": main["p_value"].map(_p),
+            "test": main["test"],
+            "pairs": [str(n) if n else "—" for n in main["pairs"]],
+        }
+    )
+
+
+def _shown_effects(eff: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
+    first = eff[eff["metric"] == KEY_METRICS[0]]
+    shown = first[factors + ["n"]].reset_index(drop=True)
+    for m in KEY_METRICS:
+        shown[f"Δ {NAMES[m]} [95% CI] (p)"] = [
+            f"{_ci(r.diff, r.ci_low, r.ci_high, sign=True)} ({_p(r.p_value, 'p ')})"
+            for r in eff[eff["metric"] == m].itertuples()
+        ]
+    shown["test"] = first["test"].to_numpy()
+    return shown
+
+
+def _shown_stability(stab: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
+    shown = stab[factors + ["n"]].copy()
+    shown["epochs (mean)"] = stab["epochs"].map(lambda x: _num(x, 1))
+    shown["val accuracy jitter"] = stab["val_accuracy_jitter"].map(lambda x: _num(x, 4))
+    shown["val loss jitter"] = stab["val_loss_jitter"].map(lambda x: _num(x, 4))
+    shown["best val AUC epoch (mean)"] = stab["best_val_auc_epoch"].map(lambda x: _num(x, 1))
+    return shown
+
+
+def _method(aliases: dict[str, list[str]]) -> list[str]:
+    found = "; ".join(f"{f} (same split as {', '.join(a)})" if a else f for f, a in aliases.items())
+    return [
+        f"Factors: the params that vary across the finished runs, one per distinct split: {found or 'none'}. "
+        "Never factors: `seed` (the replicate) and params splitting the runs like it, `tracking.*`, "
+        "`paths.*`, `hydra.*`, `data.root`.",
+        "Intervals: two-sided 95% Student-t over the seeds of a configuration (df = n − 1, standard "
+        "error sd/√n with ddof = 1); none at n = 1.",
+        "Effects: paired t-test on the per-seed differences when both configurations have the same "
+        "seeds, else Welch's t-test with Welch–Satterthwaite degrees of freedom.",
+        f"Default baseline: {BASELINE_RULE}.",
+        "Main effects: mean and t-interval over all finished runs at a level (other factors and seeds "
+        "pooled); difference to the reference level as a paired t-test over the runs matched on the "
+        "other factors' levels and seed (Welch's t-test when fewer than two match). A factor matters "
+        "when the 95% CI of its difference excludes 0 or p < 0.05 (no multiple-comparison correction).",
+        f"Stability: {STABILITY_RULE}.",
+        "Failed and killed runs are listed and never averaged in.",
+    ]
+
+
+def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> list[Path]:
+    """Write every output file into `out`; log them to the sweep run when there is one."""
+    finished = study.finished.reset_index(drop=True)
+    failed = study.failed
+    factors, aliases = find_factors(finished, study.params)
+    baseline = choose_baseline(finished, factors, parse_baseline(baseline_spec))
+    out.mkdir(parents=True, exist_ok=True)
+    hist = study.histories(finished["run_id"])
+    csvs = {
+        "ablation_table.csv": ablation_table(finished, factors),
+        "effects_table.csv": effects(finished, factors, baseline),
+        "main_effects.csv": main_effects(finished, factors, baseline),
+        "stability.csv": stability(finished, factors, run_stability(hist)),
+    }
+    for name, frame in csvs.items():
+        frame.to_csv(out / name, index=False)
+    table, eff, main, stab = csvs.values()
+
+    top = finished.loc[_top(finished["test_auc"]), "run_id"]
+    with tempfile.TemporaryDirectory() as tmp:
+        best = _best_per_network(study, finished, factors, Path(tmp))
+        record = study.data_record(top, Path(tmp) / "record")
+    predicted = [b for b in best if b["predictions"] is not None]
+
+    pngs = {"learning_curves.png": figures.learning_curves(finished, factors, hist, out / "learning_curves.png")}
+    if predicted:
+        pngs["roc_curves.png"] = figures.roc_curves(predicted, out / "roc_curves.png")
+        pngs["confusion_matrices.png"] = figures.confusion_matrices(predicted, out / "confusion_matrices.png")
+    if len(eff):
+        pngs["effects.png"] = figures.effects_plot(eff, factors, label(baseline, factors), out / "effects.png")
+
+    source = f"sweep `{study.parent_id}`" if study.parent_id else "all job runs"
+    blocks = [
+        ("h1", f"Ablation report: {study.experiment}"),
+        (
+            "meta",
+            f"Experiment `{study.experiment}`, {source}: {len(finished)} finished runs in {len(table)} "
+            f"configurations, {len(failed)} failed/killed run(s) excluded. Tracking URI "
+            f"`{study.tracking_uri}`; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        ),
+        ("lead", _summary(factors, table, main, baseline)),
+        ("h2", "Ablation table"),
+        ("p", "Test-set metrics per configuration: mean over seeds [95% t-interval]; ★ = best ROC AUC."),
+        ("table", _shown_ablation(table, factors)),
+    ]
+    single = [label(tuple(r), factors) for r in table.loc[table["n"] == 1, factors].itertuples(index=False)]
+    if single:
+        blocks.append(("p", f"n = 1: no interval for {'; '.join(single)} (a single finished seed)."))
+    if factors:
+        blocks += [
+            ("h2", "Main effects"),
+            (
+                "p",
+                "Each level of a factor pooled over the other factors and seeds, and its difference to the "
+                "reference level (the baseline's), paired on (other factors, seed) over the runs that "
+                "have a partner; pairs = number of such pairs.",
+            ),
+            ("table", _shown_main(main)),
+        ]
+    if len(eff):
+        blocks += [
+            ("h2", "Effects versus the baseline"),
+            (
+                "p",
+                f"Configuration − baseline ({label(baseline, factors)}), paired by seed where the seeds "
+                "match, otherwise Welch's t-test (unequal variances).",
+            ),
+            ("img", "effects.png", "Forest plot of the effects versus the baseline"),
+            ("table", _shown_effects(eff, factors)),
+        ]
+    best_table = pd.DataFrame(
+        {
+            "network": [b["title"] for b in best],
+            "run": [b["run_id"] for b in best],
+            "test ROC AUC": [_num(b["test_auc"]) for b in best],
+            "threshold": [_num(b["threshold"], 2) for b in best],
+            "predictions": ["logged" if b["predictions"] is not None else "missing" for b in best],
+        }
+    )
+    blocks += [("h2", "Best run per network"), ("table", best_table)]
+    if predicted:
+        blocks += [
+            ("img", "roc_curves.png", "ROC curves of the best run per network"),
+            ("img", "confusion_matrices.png", "Confusion matrices of the best run per network"),
+        ]
+    blocks += [
+        ("h2", "Training"),
+        ("img", "learning_curves.png", "Learning curves"),
+        ("p", f"Stability: {STABILITY_RULE}."),
+        ("table", _shown_stability(stab, factors)),
+        ("h2", f"Failed runs ({len(failed)})"),
+    ]
+    if len(failed):
+        failures = pd.DataFrame(
+            {
+                "run": failed["run_id"],
+                "status": failed["status"],
+                "configuration": [label(k, factors) for k in config_keys(failed, factors)],
+                "error": failed["error"].fillna("").str.replace(r"\s+", " ", regex=True).str.slice(0, 300),
+            }
+        )
+        blocks.append(("table", failures))
+    else:
+        blocks.append(("p", "None."))
+    blocks += [
+        ("h2", "Data record"),
+        *_data_record_blocks(record, top),
+        ("h2", "Method"),
+        ("ul", _method(aliases)),
+    ]
+
+    (out / "report.md").write_text(_markdown(blocks))
+    (out / "report.html").write_text(_html(blocks, out, study.experiment))
+    files = [out / name for name in csvs] + list(pngs.values()) + [out / "report.md", out / "report.html"]
+    if study.parent_id:
+        for path in files:
+            study.client.log_artifact(study.parent_id, str(path), "report")
+    return files
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    def cell(v) -> str:
+        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _markdown(blocks) -> str:
+    parts = []
+    for kind, *args in blocks:
+        match kind:
+            case "h1":
+                parts.append(f"# {args[0]}")
+            case "h2":
+                parts.append(f"## {args[0]}")
+            case "p" | "meta":
+                parts.append(args[0])
+            case "lead":
+                parts.append("\n>\n".join(f"> {line}" for line in args[0]))
+            case "ul":
+                parts.append("\n".join(f"- {item}" for item in args[0]))
+            case "table":
+                parts.append(_md_table(args[0]))
+            case "img":
+                parts.append(f"![{args[1]}]({args[0]})")
+    return "\n\n".join(parts) + "\n"
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+CSS = """
+body{font:15px/1.45 system-ui,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1b1f23;margin:0}
+main{max-width:1200px;margin:0 auto;padding:20px 28px 60px}
+h1{font-size:26px;margin:0 0 6px}
+h2{font-size:19px;margin:32px 0 10px;padding-bottom:4px;border-bottom:2px solid #e1e4e8}
+.meta{color:#586069;font-size:13px;margin:0 0 12px}
+.lead{background:#f1f8ff;border-left:4px solid #0366d6;padding:6px 16px;margin:12px 0}
+.lead p{margin:6px 0}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 12px;font-variant-numeric:tabular-nums}
+th,td{padding:4px 9px;border-bottom:1px solid #e1e4e8;text-align:left;vertical-align:top}
+th{background:#f6f8fa}
+tbody tr:nth-child(even) td{background:#fafbfc}
+img{max-width:100%;height:auto;display:block;margin:10px 0}
+code{background:#f6f8fa;padding:1px 4px;border-radius:3px;font-size:90%}
+li{margin:3px 0}
+"""
+
+# Lets a headless browser (tests/test_report_browser.py) read how many images actually decoded.
+SCRIPT = """window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++;
+  document.body.dataset.imagesLoaded = ok + "/" + imgs.length;
+});"""
+
+
+def _html(blocks, out: Path, title: str) -> str:
+    parts = []
+    for kind, *args in blocks:
+        match kind:
+            case "h1" | "h2":
+                parts.append(f"<{kind}>{_inline(args[0])}</{kind}>")
+            case "p":
+                parts.append(f"<p>{_inline(args[0])}</p>")
+            case "meta":
+                parts.append(f'<p class="meta">{_inline(args[0])}</p>')
+            case "lead":
+                parts.append('<div class="lead">' + "".join(f"<p>{_inline(x)}</p>" for x in args[0]) + "</div>")
+            case "ul":
+                parts.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in args[0]) + "</ul>")
+            case "table":
+                table = args[0].to_html(index=False, border=0, na_rep="—")
+                parts.append(f'<div class="scroll">{table}</div>')
+            case "img":
+                data = base64.b64encode((out / args[0]).read_bytes()).decode()
+                parts.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(args[1])}">')
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>Ablation report: {html.escape(title)}</title><style>{CSS}</style></head>\n"
+        f"<body><main>\n{chr(10).join(parts)}\n</main><script>{SCRIPT}</script></body></html>\n"
+    )

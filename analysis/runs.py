@@ -1,0 +1,174 @@
+"""Read one ablation study out of MLflow for `python -m analysis report`.
+
+A study is a sweep parent run (tag `ablation.role=sweep`) and its job runs, or every job run of an
+experiment (`--all-runs`). Everything goes through `mlflow.MlflowClient`; the result is a flat
+DataFrame with one row per job run (status, error tag, params as strings, once-only metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+ROLE_TAG = "ablation.role"
+TEST_METRICS = (
+    "test_accuracy",
+    "test_precision",
+    "test_recall",
+    "test_specificity",
+    "test_f1",
+    "test_auc",
+    "test_pr_auc",
+)
+ONCE_METRICS = ("num_params", "best_epoch", "threshold", "fit_seconds")
+CURVE_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "val_auc")
+META = ("run_id", "run_name", "status", "error", "start_time")
+
+
+class AnalysisError(RuntimeError):
+    """The requested store, experiment or sweep cannot be analysed; the message says which and why."""
+
+
+@dataclass
+class Study:
+    client: MlflowClient
+    tracking_uri: str
+    experiment: str
+    parent_id: str | None  # None with --all-runs
+    runs: pd.DataFrame  # META columns, then metrics, then params (all job runs, any status)
+    params: list[str]
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "FINISHED"]
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"].isin(["FAILED", "KILLED"])]
+
+    def histories(self, run_ids, keys=CURVE_METRICS) -> pd.DataFrame:
+        """Long frame run_id, key, step, value (step = 1-based epoch)."""
+        rows = [
+            (run_id, key, m.step, m.value)
+            for run_id in run_ids
+            for key in keys
+            for m in self.client.get_metric_history(run_id, key)
+        ]
+        return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+
+    def artifact(self, run_id: str, path: str, dst: Path) -> Path | None:
+        """Local copy of a run artifact, or None when the run never logged it."""
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        except (MlflowException, OSError):
+            return None
+
+    def data_record(self, run_id: str, dst: Path) -> dict | None:
+        path = self.artifact(run_id, "data_record.json", dst)
+        return json.loads(path.read_text()) if path else None
+
+
+def tracking_uri(given: str | None) -> str:
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'runs' / 'mlflow.db'}"
+
+
+def _check_store(uri: str) -> None:
+    # MLflow silently creates an empty database for a missing sqlite file; a typo would then report
+    # "no experiment" instead of naming the real problem.
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :].split("?")[0])  # four slashes = absolute, as in SQLAlchemy
+        if not path.is_file():
+            raise AnalysisError(
+                f"no MLflow store at {path} (tracking URI {uri}); run a sweep first or pass --tracking-uri"
+            )
+
+
+def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str, **kw) -> list[Run]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, page_token=token, **kw)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _latest_sweep(client: MlflowClient, experiment_ids: list[str]) -> Run | None:
+    found = client.search_runs(
+        experiment_ids,
+        f"tags.`{ROLE_TAG}` = 'sweep'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return found[0] if found else None
+
+
+def load_study(uri: str, experiment: str | None = None, sweep: str | None = None, all_runs: bool = False) -> Study:
+    _check_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+
+    parent = None
+    if sweep:
+        try:
+            parent = client.get_run(sweep)
+        except MlflowException:
+            raise AnalysisError(f"sweep run {sweep!r} not found in {uri}") from None
+        if parent.data.tags.get(ROLE_TAG) != "sweep":
+            raise AnalysisError(
+                f"run {sweep} is not a sweep parent (tag {ROLE_TAG}={parent.data.tags.get(ROLE_TAG)!r})"
+            )
+        exp = client.get_experiment(parent.info.experiment_id)
+        if experiment and exp.name != experiment:
+            raise AnalysisError(f"sweep {sweep} belongs to experiment {exp.name!r}, not {experiment!r}")
+    elif experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise AnalysisError(
+                f"experiment {experiment!r} not found in {uri}; available: {', '.join(names) or 'none'}"
+            )
+        if not all_runs:
+            parent = _latest_sweep(client, [exp.experiment_id])
+            if parent is None:
+                raise AnalysisError(f"experiment {experiment!r} has no sweep parent run; pass --all-runs")
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+        latest = _latest_sweep(client, ids) if ids else None
+        if latest is None:
+            raise AnalysisError(
+                f"no sweep parent run (tag {ROLE_TAG}=sweep) in any experiment of {uri}; pass --experiment"
+            )
+        exp = client.get_experiment(latest.info.experiment_id)
+        parent = None if all_runs else latest
+
+    where = f"tags.`{ROLE_TAG}` = 'job'"
+    if parent is not None:
+        where += f" and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    runs = _search(client, [exp.experiment_id], where, order_by=["attributes.start_time ASC"])
+    what = f"sweep {parent.info.run_id} of experiment {exp.name!r}" if parent else f"experiment {exp.name!r}"
+    if not any(r.info.status == "FINISHED" for r in runs):
+        raise AnalysisError(f"{what} has no finished job runs ({len(runs)} job runs in total)")
+
+    params = sorted({k for r in runs for k in r.data.params})
+    frame = pd.DataFrame(
+        [
+            {
+                "run_id": r.info.run_id,
+                "run_name": r.info.run_name,
+                "status": r.info.status,
+                "error": r.data.tags.get("error", ""),
+                "start_time": r.info.start_time,
+                **{m: r.data.metrics.get(m, float("nan")) for m in TEST_METRICS + ONCE_METRICS},
+                **{p: r.data.params.get(p) for p in params},
+            }
+            for r in runs
+        ]
+    )
+    return Study(client, uri, exp.name, parent.info.run_id if parent else None, frame, params)

@@ -1,0 +1,267 @@
+"""Statistics behind `python -m analysis report`: pure functions on the runs DataFrame of `analysis.runs`.
+
+Conventions: a configuration is one combination of factor values (a tuple of strings, in `factors`
+order); seeds are its replicates. Every interval is a two-sided 95% Student-t interval.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.runs import TEST_METRICS, AnalysisError
+
+LEVEL = 0.95
+REPLICATE = "seed"
+NOT_FACTORS = ("tracking.", "paths.", "hydra.", "data.root")
+UNSET = "(unset)"
+OFF = {"none", "false", "off", "no", "null", "0", "0.0", ""}
+NAN3 = (math.nan, math.nan, math.nan)
+COMPARISON = ["diff", "ci_low", "ci_high", "p_value", "test", "pairs"]
+
+
+def find_factors(runs: pd.DataFrame, params: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Params that vary across `runs`, one per distinct partition of the runs; with their aliases.
+
+    A param that partitions the runs exactly like `seed` (a split seed, say) is a replicate, not a factor.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for name in params:
+        if name.startswith(NOT_FACTORS):
+            continue
+        values = runs[name].fillna(UNSET).astype(str)
+        if values.nunique() > 1:
+            groups.setdefault(tuple(pd.factorize(values)[0]), []).append(name)
+    chosen = {}
+    for names in groups.values():
+        if REPLICATE not in names:
+            names = sorted(names, key=lambda n: (len(n), n))
+            chosen[names[0]] = names[1:]
+    factors = sorted(chosen, key=lambda f: (f != "model", f))  # model first: it is the figures' panel axis
+    return factors, {f: chosen[f] for f in factors}
+
+
+def level_key(value: str) -> tuple:
+    """Sort key for levels: "off" values (none, False, 0) first, then numbers numerically, then text."""
+    text = str(value).strip().lower()
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    numeric = not math.isnan(number)
+    return (text not in OFF, not numeric, number if numeric else 0.0, text)
+
+
+def config_keys(runs: pd.DataFrame, factors: list[str]) -> pd.Series:
+    values = runs[factors].fillna(UNSET).astype(str)
+    return pd.Series([tuple(row) for row in values.itertuples(index=False)], index=runs.index, dtype=object)
+
+
+def ordered_configs(runs: pd.DataFrame, factors: list[str]) -> list[tuple]:
+    return sorted(set(config_keys(runs, factors)), key=lambda key: [level_key(v) for v in key])
+
+
+def label(key: tuple, factors: list[str]) -> str:
+    return ", ".join(f"{f}={v}" for f, v in zip(factors, key, strict=True)) or "all runs"
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """(mean, low, high); the bounds are NaN below two values."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return NAN3
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf((1 + LEVEL) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return mean, mean - half, mean + half
+
+
+def compare(treated: pd.Series, reference: pd.Series, partial: bool = False) -> dict:
+    """treated − reference with CI and p-value.
+
+    The index holds the pairing key (seed, or seed plus the other factors' levels). Paired t-test when
+    the keys are unique on both sides, at least two are shared and, unless `partial`, both sides hold
+    exactly the same keys (with `partial`, runs without a partner are left out); otherwise Welch's
+    t-test on all values.
+    """
+    treated, reference = treated.dropna(), reference.dropna()
+    unique = treated.index.is_unique and reference.index.is_unique
+    common = treated.index.intersection(reference.index, sort=False) if unique else []
+    if len(common) >= 2 and (partial or len(common) == len(treated) == len(reference)):
+        treated, reference = treated[common], reference[common]
+        diff, low, high = t_interval(treated - reference)
+        with warnings.catch_warnings():  # identical pairs: p is NaN, which is the honest answer
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = stats.ttest_rel(treated, reference).pvalue
+        return dict(diff=diff, ci_low=low, ci_high=high, p_value=float(p), test="paired t-test", pairs=len(common))
+    diff = treated.mean() - reference.mean()
+    n1, n2 = len(treated), len(reference)
+    if min(n1, n2) < 2:
+        return dict(diff=diff, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, test="n = 1: no interval", pairs=0)
+    v1, v2 = treated.var(ddof=1) / n1, reference.var(ddof=1) / n2
+    se = math.sqrt(v1 + v2)
+    if se == 0:
+        low = high = diff
+    else:  # Welch–Satterthwaite degrees of freedom
+        df = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))
+        half = stats.t.ppf((1 + LEVEL) / 2, df) * se
+        low, high = diff - half, diff + half
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = stats.ttest_ind(treated, reference, equal_var=False).pvalue
+    return dict(diff=diff, ci_low=low, ci_high=high, p_value=float(p), test="Welch t-test", pairs=0)
+
+
+def ablation_table(runs: pd.DataFrame, factors: list[str], metrics=TEST_METRICS) -> pd.DataFrame:
+    keys = config_keys(runs, factors)
+    rows = []
+    for key in ordered_configs(runs, factors):
+        group = runs[keys.map(key.__eq__)]
+        row = {**dict(zip(factors, key, strict=True)), "n": len(group)}
+        for m in metrics:
+            row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = t_interval(group[m])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def parse_baseline(spec: str | None) -> dict[str, str]:
+    if not spec:
+        return {}
+    pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise AnalysisError(f"--baseline {spec!r}: expected K=V,K=V,...")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _same(a: str, b: str) -> bool:
+    if a.lower() == b.lower():
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def choose_baseline(runs: pd.DataFrame, factors: list[str], given: dict[str, str]) -> tuple:
+    """The configuration matching `given`; each factor not given takes its first level (`level_key`)
+    among the configurations still matching, factor by factor."""
+    unknown = sorted(set(given) - set(factors))
+    if unknown:
+        raise AnalysisError(
+            f"--baseline: {', '.join(unknown)} is not a factor; factors: {', '.join(factors) or 'none'}"
+        )
+    configs = ordered_configs(runs, factors)
+    candidates = [c for c in configs if all(_same(c[factors.index(f)], v) for f, v in given.items())]
+    if not candidates:
+        levels = "; ".join(
+            f"{f}: {', '.join(sorted({c[i] for c in configs}, key=level_key))}" for i, f in enumerate(factors)
+        )
+        raise AnalysisError(
+            f"--baseline {','.join(f'{k}={v}' for k, v in given.items())} matches no configuration; "
+            f"available values: {levels}"
+        )
+    for i, f in enumerate(factors):
+        if f not in given:
+            first = min((c[i] for c in candidates), key=level_key)
+            candidates = [c for c in candidates if c[i] == first]
+    return candidates[0]
+
+
+def _keyed(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """runs indexed by the pairing key: `columns` plus seed (the run id when there is no seed)."""
+    key = [*columns, REPLICATE] if REPLICATE in runs else ["run_id"]
+    values = runs[key].fillna(UNSET).astype(str).itertuples(index=False)
+    return runs.set_axis(["|".join(v) for v in values], axis=0)
+
+
+def effects(runs: pd.DataFrame, factors: list[str], baseline: tuple, metrics=TEST_METRICS) -> pd.DataFrame:
+    """Every other configuration minus the baseline, per metric (long format)."""
+    keys = config_keys(runs, factors)
+    base = _keyed(runs[keys.map(baseline.__eq__)], [])
+    rows = []
+    for key in ordered_configs(runs, factors):
+        if key == baseline:
+            continue
+        group = _keyed(runs[keys.map(key.__eq__)], [])
+        for m in metrics:
+            rows.append(
+                {
+                    **dict(zip(factors, key, strict=True)),
+                    "metric": m,
+                    "n": len(group),
+                    "n_baseline": len(base),
+                    **compare(group[m], base[m]),
+                }
+            )
+    return pd.DataFrame(rows, columns=[*factors, "metric", "n", "n_baseline", *COMPARISON])
+
+
+def main_effects(runs: pd.DataFrame, factors: list[str], baseline: tuple, metrics=TEST_METRICS) -> pd.DataFrame:
+    """Per factor and level: mean and t-interval over all finished runs at that level (the other
+    factors and seeds pooled), and the difference to the baseline's level of that factor, paired on
+    (other factors' levels, seed) over the runs that have such a partner."""
+    rows = []
+    for i, f in enumerate(factors):
+        values = runs[f].fillna(UNSET).astype(str)
+        keyed = _keyed(runs, [g for g in factors if g != f])
+        reference = keyed[(values == baseline[i]).to_numpy()]
+        for level in sorted(values.unique(), key=level_key):
+            at = keyed[(values == level).to_numpy()]
+            for m in metrics:
+                mean, low, high = t_interval(at[m])
+                row = {"factor": f, "level": level, "reference": baseline[i], "metric": m, "n": len(at)}
+                row.update(mean=mean, ci_low=low, ci_high=high)
+                if level == baseline[i]:
+                    row.update(diff=math.nan, diff_ci_low=math.nan, diff_ci_high=math.nan, p_value=math.nan)
+                    row.update(test="reference", pairs=0)
+                else:
+                    c = compare(at[m], reference[m], partial=True)
+                    row.update(diff=c["diff"], diff_ci_low=c["ci_low"], diff_ci_high=c["ci_high"])
+                    row.update(p_value=c["p_value"], test=c["test"], pairs=c["pairs"])
+                rows.append(row)
+    columns = ["factor", "level", "reference", "metric", "n", "mean", "ci_low", "ci_high", "diff"]
+    return pd.DataFrame(rows, columns=[*columns, "diff_ci_low", "diff_ci_high", "p_value", "test", "pairs"])
+
+
+def matters(low, high, p):
+    """A difference is called real when its 95% CI excludes zero or its p-value is below 0.05
+    (elementwise on Series)."""
+    return (low > 0) | (high < 0) | (p < 0.05)
+
+
+def run_stability(histories: pd.DataFrame) -> pd.DataFrame:
+    """Per run: jitter = mean |v(e) − v(e−1)| over the epochs e > E/2 (E = last logged epoch), for
+    val_accuracy and val_loss; the (first) epoch of the highest val_auc; E."""
+    rows = []
+    for run_id, hist in histories.groupby("run_id"):
+        row = {"run_id": run_id, "epochs": hist["step"].max()}
+        for key in ("val_accuracy", "val_loss"):
+            series = hist[hist["key"] == key].set_index("step")["value"].sort_index()
+            jumps = series.diff().abs()
+            row[f"{key}_jitter"] = jumps[jumps.index > series.index.max() / 2].mean()
+        auc = hist[hist["key"] == "val_auc"].set_index("step")["value"].sort_index().dropna()
+        row["best_val_auc_epoch"] = auc.idxmax() if len(auc) else math.nan
+        rows.append(row)
+    return pd.DataFrame(
+        rows, columns=["run_id", "epochs", "val_accuracy_jitter", "val_loss_jitter", "best_val_auc_epoch"]
+    )
+
+
+def stability(runs: pd.DataFrame, factors: list[str], per_run: pd.DataFrame) -> pd.DataFrame:
+    """run_stability averaged over the seeds of each configuration."""
+    merged = runs[["run_id", *factors]].merge(per_run, on="run_id", how="left")
+    keys = config_keys(merged, factors)
+    rows = []
+    for key in ordered_configs(merged, factors):
+        group = merged[keys.map(key.__eq__)]
+        row = {**dict(zip(factors, key, strict=True)), "n": len(group)}
+        for col in ("epochs", "val_accuracy_jitter", "val_loss_jitter", "best_val_auc_epoch"):
+            row[col] = group[col].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)

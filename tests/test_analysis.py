@@ -1,0 +1,222 @@
+"""`python -m analysis report` against a hand-made MLflow store: numbers recomputed with numpy/scipy."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from analysis_helpers import ERROR, shared_cli_report, shared_store
+from scipy import stats
+
+from analysis.__main__ import main
+from analysis.report import build_report
+from analysis.runs import TEST_METRICS, AnalysisError, load_study
+from analysis.stats import (
+    choose_baseline,
+    effects,
+    find_factors,
+    level_key,
+    main_effects,
+    run_stability,
+    stability,
+)
+
+OUTPUTS = (
+    "ablation_table.csv",
+    "effects_table.csv",
+    "main_effects.csv",
+    "stability.csv",
+    "learning_curves.png",
+    "roc_curves.png",
+    "confusion_matrices.png",
+    "effects.png",
+    "report.md",
+    "report.html",
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return shared_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def study(store):
+    return load_study(store["uri"])
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """`python -m analysis report --tracking-uri ... --out ...`, run once as a subprocess from the root."""
+    return shared_cli_report(tmp_path_factory)
+
+
+def _values(store, model, dropout, metric):
+    return {seed: v[metric] for (m, d, seed), v in store["values"].items() if (m, d) == (model, dropout)}
+
+
+def _t_interval(x):
+    x = np.asarray(x, dtype=float)
+    return stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+
+
+def test_default_selection_is_latest_sweep_with_failed_run_listed(store, study):
+    assert study.parent_id == store["parent"]
+    assert study.experiment == store["experiment"]
+    assert len(study.finished) == 11
+    assert list(study.failed["run_id"]) == [store["failed"]]
+    assert study.failed["error"].iloc[0] == ERROR
+    assert store["failed"] not in set(study.finished["run_id"])
+
+
+def test_factors_exclude_seed_and_collapse_aliases(study):
+    factors, aliases = find_factors(study.finished, study.params)
+    assert factors == ["model", "dropout"]
+    assert aliases == {"model": ["model.name"], "dropout": ["model.dropout"]}
+
+
+def test_level_order_and_baseline_choice(study):
+    assert sorted(["resnet50", "none", "flip"], key=level_key) == ["none", "flip", "resnet50"]
+    assert sorted(["True", "False"], key=level_key) == ["False", "True"]
+    assert sorted(["0.5", "0.25", "10", "0"], key=level_key) == ["0", "0.25", "0.5", "10"]
+    factors = ["model", "dropout"]
+    assert choose_baseline(study.finished, factors, {}) == ("cnn", "0.0")
+    assert choose_baseline(study.finished, factors, {"model": "resnet18"}) == ("resnet18", "0.0")
+    assert choose_baseline(study.finished, factors, {"dropout": "0.50"}) == ("cnn", "0.5")
+    with pytest.raises(AnalysisError, match=r"model: cnn, resnet18; dropout: 0.0, 0.5"):
+        choose_baseline(study.finished, factors, {"model": "vgg16"})
+    with pytest.raises(AnalysisError, match="lr is not a factor"):
+        choose_baseline(study.finished, factors, {"lr": "0.1"})
+
+
+def test_ablation_table_rows_n_and_intervals(store, cli):
+    table = pd.read_csv(cli / "ablation_table.csv", dtype={"dropout": str})
+    assert list(zip(table["model"], table["dropout"], table["n"], strict=True)) == [
+        ("cnn", "0.0", 3),
+        ("cnn", "0.5", 3),
+        ("resnet18", "0.0", 3),
+        ("resnet18", "0.5", 2),
+    ]
+    assert {f"{m}_{s}" for m in TEST_METRICS for s in ("mean", "ci_low", "ci_high")} <= set(table.columns)
+    for row in table.itertuples():
+        for metric in TEST_METRICS:
+            x = list(_values(store, row.model, row.dropout, metric).values())
+            low, high = _t_interval(x)
+            assert getattr(row, f"{metric}_mean") == pytest.approx(np.mean(x))
+            assert getattr(row, f"{metric}_ci_low") == pytest.approx(low)
+            assert getattr(row, f"{metric}_ci_high") == pytest.approx(high)
+
+
+def test_effects_paired_where_seeds_match_else_welch(store, cli):
+    eff = pd.read_csv(cli / "effects_table.csv", dtype={"dropout": str}).set_index(["model", "dropout", "metric"])
+    assert ("cnn", "0.0", "test_auc") not in eff.index  # the baseline itself
+    base = _values(store, "cnn", "0.0", "test_auc")
+    treated = _values(store, "cnn", "0.5", "test_auc")
+    seeds = sorted(base)
+    d = np.array([treated[s] - base[s] for s in seeds])
+    row = eff.loc[("cnn", "0.5", "test_auc")]
+    assert row["test"] == "paired t-test"
+    assert row["diff"] == pytest.approx(d.mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_t_interval(d))
+    assert row["p_value"] == pytest.approx(
+        stats.ttest_rel([treated[s] for s in seeds], [base[s] for s in seeds]).pvalue
+    )
+
+    # (resnet18, 0.5) lost seed 3 to the failed run: seeds differ, so Welch.
+    welch = _values(store, "resnet18", "0.5", "test_auc")
+    result = stats.ttest_ind(list(welch.values()), list(base.values()), equal_var=False)
+    row = eff.loc[("resnet18", "0.5", "test_auc")]
+    assert row["test"] == "Welch t-test"
+    assert row["diff"] == pytest.approx(np.mean(list(welch.values())) - np.mean(list(base.values())))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(result.confidence_interval(0.95)))
+    assert row["p_value"] == pytest.approx(result.pvalue)
+
+
+def test_main_effects_pair_on_other_factors_and_seed(store, study):
+    main = main_effects(study.finished, ["model", "dropout"], ("cnn", "0.0"))
+    row = main[(main["factor"] == "dropout") & (main["level"] == "0.5") & (main["metric"] == "test_auc")].iloc[0]
+    at = [v["test_auc"] for (m, d, s), v in store["values"].items() if d == "0.5"]
+    assert row["mean"] == pytest.approx(np.mean(at))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_t_interval(at))
+    keys = [(m, s) for (m, d, s) in store["values"] if d == "0.5"]  # (resnet18, seed 3) has no partner
+    on = [store["values"][(m, "0.5", s)]["test_auc"] for m, s in keys]
+    off = [store["values"][(m, "0.0", s)]["test_auc"] for m, s in keys]
+    assert row["test"] == "paired t-test" and row["pairs"] == 5
+    assert row["diff"] == pytest.approx(np.mean(np.subtract(on, off)))
+    assert row["p_value"] == pytest.approx(stats.ttest_rel(on, off).pvalue)
+    assert effects(study.finished, [], (), TEST_METRICS).empty
+
+
+def test_stability_from_histories(store, study):
+    factors = ["model", "dropout"]
+    per_run = study.histories(study.finished["run_id"])
+    table = stability(study.finished, factors, run_stability(per_run)).set_index(factors)
+    epochs = store["epochs"]
+    expected = []
+    for seed in (1, 2, 3):
+        h = store["history"](seed, "0.0")
+        acc = np.abs(np.diff(h["val_accuracy"]))[np.arange(2, epochs + 1) > epochs / 2]
+        expected.append((acc.mean(), int(np.argmax(h["val_auc"])) + 1))
+    row = table.loc[("cnn", "0.0")]
+    assert row["val_accuracy_jitter"] == pytest.approx(np.mean([e[0] for e in expected]))
+    assert row["best_val_auc_epoch"] == pytest.approx(np.mean([e[1] for e in expected]))
+    assert row["epochs"] == epochs
+
+
+def test_cli_writes_everything_and_logs_to_parent(store, cli):
+    for name in OUTPUTS:
+        assert (cli / name).stat().st_size > 0, name
+    logged = {Path(f.path).name for f in store["client"].list_artifacts(store["parent"], "report")}
+    assert set(OUTPUTS) <= logged
+    md = (cli / "report.md").read_text()
+    assert "Best configuration:** model=resnet18, dropout=0.5" in md
+    assert "Factors that matter:** model" in md
+    assert store["failed"] in md and ERROR in md
+    assert "NORMAL (0): 1.950, PNEUMONIA (1): 0.670" in md
+    html = (cli / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert "http://" not in html and "https://" not in html and "<link" not in html
+
+
+def test_cli_error_for_missing_experiment(store, tmp_path, capsys):
+    args = [
+        "report",
+        "--tracking-uri",
+        store["uri"],
+        "--experiment",
+        "no-such-exp",
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "experiment 'no-such-exp' not found" in err and store["experiment"] in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_store_and_sweep_errors(store, tmp_path):
+    with pytest.raises(AnalysisError, match="no MLflow store"):
+        load_study(f"sqlite:///{tmp_path}/absent.db")
+    with pytest.raises(AnalysisError, match="not found"):
+        load_study(store["uri"], sweep="0" * 32)
+    with pytest.raises(AnalysisError, match="not a sweep parent"):
+        load_study(store["uri"], sweep=store["old_child"])
+
+
+def test_single_run_sweep_has_no_interval(store, tmp_path):
+    study = load_study(store["uri"], sweep=store["old_parent"])
+    build_report(study, tmp_path)
+    table = pd.read_csv(tmp_path / "ablation_table.csv", keep_default_na=False)
+    assert len(table) == 1 and table["n"].tolist() == [1]
+    assert table["test_auc_ci_low"].tolist() == [""] and table["test_auc_ci_high"].tolist() == [""]
+    assert not math.isnan(float(table["test_auc_mean"].iloc[0]))
+    assert "n = 1: no interval" in (tmp_path / "report.md").read_text()
+
+
+def test_all_runs_pools_both_sweeps(store):
+    study = load_study(store["uri"], experiment=store["experiment"], all_runs=True)
+    assert study.parent_id is None
+    assert len(study.finished) == 12 and len(study.failed) == 1

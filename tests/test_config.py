@@ -1,0 +1,96 @@
+"""Every config file composes; wrong types and out-of-range values are refused by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import DATA_ROOT, PROJECT, compose_config
+from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from ablation.config import ConfigError, validate
+
+GROUPS = ["model", "augmentation", "class_weighting", "optimizer", "trainer", "data", "tracking", "paths"]
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((PROJECT / "conf" / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(group, option, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    cfg = compose_config(f"{group}={option}", f"data.root={DATA_ROOT}")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    validate(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PROJECT / "conf" / "experiment").glob("*.yaml")))
+def test_experiments_compose_and_validate(name):
+    validate(compose_config(f"experiment={name}", f"data.root={DATA_ROOT}"))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PROJECT / "conf" / "ablation").glob("*.yaml")))
+def test_ablation_studies_are_sweeps_with_three_seeds(name):
+    cfg = compose_config(f"ablation={name}", f"data.root={DATA_ROOT}", return_hydra_config=True)
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    assert cfg.hydra.sweeper.params.seed == "0,1,2"
+    assert cfg.tracking.experiment == name
+    command = (PROJECT / "conf" / "ablation" / f"{name}.yaml").read_text().splitlines()[1]
+    assert command == f"# python -m ablation -m ablation={name}", "the command that runs it comes first"
+
+
+def test_defaults_follow_the_reference_study():
+    cfg = compose_config()
+    assert (cfg.data.image_size, cfg.batch_size, cfg.epochs) == (224, 32, 20)
+    assert cfg.tracking.uri.startswith("sqlite:///") and cfg.tracking.uri.endswith("runs/mlflow.db")
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="dropout"):
+        compose_config("dropout=abc")
+    with pytest.raises(ConfigCompositionException, match="epochs"):
+        compose_config("epochs=2.5")
+
+
+def test_unknown_model_lists_the_options():
+    with pytest.raises(ConfigCompositionException, match="model/vgg") as error:
+        compose_config("model=vgg")
+    assert "resnet18" in str(error.value.__cause__ or error.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "allowed"),
+    [
+        ("dropout=1.5", "dropout", "[0, 1)"),
+        ("dropout=-0.1", "dropout", "[0, 1)"),
+        ("epochs=0", "epochs", ">= 1"),
+        ("batch_size=0", "batch_size", ">= 1"),
+        ("optimizer.lr=0", "optimizer.lr", "> 0"),
+        ("data.image_size=0", "data.image_size", ">= 32"),
+        ("data.val_fraction=1.0", "data.val_fraction", "(0, 1)"),
+        ("data.max_train_per_class=0", "data.max_train_per_class", ">= 1"),
+        ("trainer.monitor=val_f1", "trainer.monitor", "val_auc"),
+        ("trainer.precision=float16", "trainer.precision", "mixed_float16"),
+        ("optimizer.schedule=step", "optimizer.schedule", "cosine"),
+        ("augmentation.rotation_deg=400", "augmentation.rotation_deg", "[0, 180]"),
+        ("data.root=/nonexistent/chest_xray", "data.root", "train/ and test/"),
+    ],
+)
+def test_out_of_range_values_are_refused_by_key(override, key, allowed):
+    overrides = [f"data.root={DATA_ROOT}", override] if not override.startswith("data.root") else [override]
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*overrides))
+    message = str(error.value)
+    assert message.startswith(f"{key}=") and allowed in message
+
+
+def test_image_size_minimum_depends_on_the_network():
+    validate(compose_config("model=resnet18", "data.image_size=32", f"data.root={DATA_ROOT}"))
+    with pytest.raises(ConfigError, match="data.image_size=16 .* resnet50"):
+        validate(compose_config("model=resnet50", "data.image_size=16", f"data.root={DATA_ROOT}"))
+
+
+def test_relative_paths_resolve_under_the_project():
+    cfg = compose_config()
+    assert Path(cfg.paths.runs) == PROJECT / "runs"
+    assert Path(cfg.data.cache_dir) == PROJECT / "runs" / "cache"

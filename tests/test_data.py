@@ -1,0 +1,216 @@
+"""The data path on real chest X-rays: both layouts, patient grouping, the cache, bad files, pipeline options."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA_ROOT, compose_config, copy_images
+from PIL import Image
+
+from ablation import data as data_module
+from ablation.data import DataError, load_data, load_images, patient_id, scan_split, split_by_patient
+
+
+@pytest.mark.parametrize(
+    ("name", "patient"),
+    [
+        ("person1000_bacteria_2931.jpeg", "person1000"),
+        ("person1000_virus_1681.jpeg", "person1000"),
+        ("person1_virus_10_2.jpeg", "person1"),
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("IM-0115-0001-0002.jpeg", "IM-0115"),
+        ("NORMAL2-IM-0427-0001.jpeg", "NORMAL2-IM-0427"),
+        ("scan.png", "scan"),
+    ],
+)
+def test_patient_id(name, patient):
+    assert patient_id(name) == patient
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_validation_split_is_grouped_by_patient_and_stratified(seed):
+    paths, labels = scan_split(DATA_ROOT, "train")
+    train, val = split_by_patient(paths, labels, val_fraction=0.1, seed=seed)
+    patients = np.array([patient_id(p.name) for p in paths])
+    assert not set(patients[train]) & set(patients[val])
+    assert len(train) + len(val) == len(paths) == 1341 + 3875
+    for c in (0, 1):  # each class keeps about a tenth of its patients for validation
+        share = len(set(patients[val][labels[val] == c])) / len(set(patients[labels == c]))
+        assert 0.08 < share < 0.12
+
+
+def test_split_depends_on_seed():
+    paths, labels = scan_split(DATA_ROOT, "train")
+    assert not np.array_equal(split_by_patient(paths, labels, 0.1, 0)[1], split_by_patient(paths, labels, 0.1, 1)[1])
+
+
+def test_shared_copy_counts_and_record(cache_dir):
+    data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir)
+    record = data.record("balanced")["splits"]
+    assert record["test"]["NORMAL"]["images"] == 234 and record["test"]["PNEUMONIA"]["images"] == 390
+    train_val = {c: record["train"][c]["images"] + record["val"][c]["images"] for c in ("NORMAL", "PNEUMONIA")}
+    assert train_val == {"NORMAL": 1341, "PNEUMONIA": 3875}
+    assert data.train.images.shape[1:] == (32, 32, 1) and data.train.images.dtype == np.uint8
+    assert record["val"]["PNEUMONIA"]["patients"] < record["val"]["PNEUMONIA"]["images"]
+
+
+def test_max_train_per_class_caps_training_only(cache_dir):
+    data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=20)
+    assert np.bincount(data.train.labels).tolist() == [20, 20]
+    assert len(data.val.labels) > 40  # validation keeps every held-out patient
+
+
+def _original_layout(root: Path) -> None:
+    """The Kaggle download's shape: grayscale JPEGs of varied sizes and a tiny val/ folder."""
+    sizes = [(517, 389), (1024, 768), (400, 611)]
+    for split, n in (("train", 12), ("val", 3), ("test", 4)):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            for i, f in enumerate(
+                copy_images(DATA_ROOT / ("test" if split == "val" else split) / cls, root / split / cls, n)
+            ):
+                Image.open(f).convert("L").resize(sizes[i % 3]).save(f, "JPEG")
+
+
+def test_original_kaggle_layout(tmp_path):
+    _original_layout(tmp_path / "xray")
+    data = load_data(tmp_path / "xray", 48, 0.25, 0, tmp_path / "cache")
+    assert data.train.images.shape[1:] == (48, 48, 1)
+    # val/ joins the pool: 12 + 3 images per class are split into training and validation.
+    assert len(data.train.labels) + len(data.val.labels) == 30
+    assert any("/val/" in f for f in data.train.files + data.val.files)
+    assert np.bincount(data.test.labels).tolist() == [4, 4]
+    assert data.skipped == {}
+
+
+def test_cache_is_hit_and_identical(tmp_path, monkeypatch):
+    paths = copy_images(DATA_ROOT / "train" / "NORMAL", tmp_path / "imgs", 10)
+    first = load_images(paths, 40, tmp_path / "cache")
+    calls = []
+    monkeypatch.setattr(data_module, "_decode_all", lambda *a: calls.append(a))
+    second = load_images(paths, 40, tmp_path / "cache")
+    assert calls == []  # no decoding the second time
+    np.testing.assert_array_equal(first.images, second.images)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    # A different size or a changed file list is a different cache entry.
+    monkeypatch.undo()
+    load_images(paths[:5], 40, tmp_path / "cache")
+    load_images(paths, 24, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
+
+
+def _build(args):
+    paths, cache = args
+    return load_images(paths, 36, cache).images.sum()
+
+
+def test_concurrent_builders_do_not_corrupt_the_cache(tmp_path):
+    paths = copy_images(DATA_ROOT / "train" / "PNEUMONIA", tmp_path / "imgs", 60)
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        sums = pool.map(_build, [(paths, tmp_path / "cache")] * 3)
+    assert len(set(sums)) == 1
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+    assert load_images(paths, 36, tmp_path / "cache").images.sum() == sums[0]
+
+
+def test_bad_files_are_skipped_by_name_and_odd_files_decode(tmp_path, caplog):
+    normal = copy_images(DATA_ROOT / "train" / "NORMAL", tmp_path / "imgs", 6)
+    corrupt, truncated, empty, text, png, cmyk = normal
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+    truncated.write_bytes(truncated.read_bytes()[:600])
+    empty.write_bytes(b"")
+    text_file = text.with_name("notes.jpeg")
+    text.rename(text_file)
+    text_file.write_text("radiologist notes, not an image")
+    Image.open(png).save(png, "PNG")  # a PNG saved as .jpeg
+    Image.open(cmyk).convert("CMYK").save(cmyk, "JPEG")
+    decoded = load_images([corrupt, truncated, empty, text_file, png, cmyk], 32, tmp_path / "cache")
+    assert decoded.kept.tolist() == [False, False, False, False, True, True]
+    assert set(decoded.skipped) == {str(p) for p in (corrupt, truncated, empty, text_file)}
+    assert all(decoded.skipped.values())  # each with its reason
+    assert decoded.images.shape == (2, 32, 32, 1)
+    assert all(str(p) in caplog.text for p in (corrupt, truncated, empty, text_file))
+
+
+def test_skipped_files_reach_the_run_record(tmp_path, caplog):
+    _original_layout(tmp_path / "xray")
+    bad = tmp_path / "xray" / "train" / "NORMAL" / "IM-9999-0001.jpeg"
+    bad.write_bytes(b"")
+    data = load_data(tmp_path / "xray", 32, 0.25, 0, tmp_path / "cache")
+    assert list(data.record("none")["skipped_files"]) == [str(bad)]
+    assert str(bad) in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda root: None, "data.root"),
+        (lambda root: _original_layout(root) or __import__("shutil").rmtree(root / "test"), "missing split"),
+        (
+            lambda root: _original_layout(root) or __import__("shutil").rmtree(root / "train" / "NORMAL"),
+            "missing class",
+        ),
+        (
+            lambda root: _original_layout(root) or [f.unlink() for f in (root / "test" / "PNEUMONIA").iterdir()],
+            "empty class",
+        ),
+    ],
+)
+def test_bad_layout_names_the_path(tmp_path, breakage, message):
+    root = tmp_path / "xray"
+    breakage(root)
+    with pytest.raises(DataError, match=message) as error:
+        load_data(root, 32, 0.25, 0, tmp_path / "cache")
+    assert str(root) in str(error.value) and "NORMAL,PNEUMONIA" in str(error.value)
+
+
+# --- pipeline options: augmentation and class weighting ------------------------------------------------
+
+
+def test_balanced_weights_are_n_over_2nc(cache_dir):
+    data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir)
+    n, counts = len(data.train.labels), np.bincount(data.train.labels)
+    weights = data.class_weights("balanced")
+    assert weights == pytest.approx({0: n / (2 * counts[0]), 1: n / (2 * counts[1])})
+    assert data.class_weights("none") is None and data.class_weights("oversample") is None
+
+
+def test_oversample_gives_class_balanced_batches(cache_dir):
+    from ablation.pipeline import train_dataset
+
+    data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=None)
+    assert np.mean(data.train.labels) > 0.7  # the real imbalance
+    ds = train_dataset(data.train.images, data.train.labels, 64, seed=0, oversample=True)
+    labels = np.concatenate([y.numpy().ravel() for _, y in ds])
+    assert len(labels) == len(data.train.labels)  # an epoch stays one pass's worth of images
+    assert 0.45 < labels.mean() < 0.55
+    plain = np.concatenate([y.numpy().ravel() for _, y in train_dataset(data.train.images, data.train.labels, 64, 0)])
+    assert plain.mean() == pytest.approx(np.mean(data.train.labels))
+
+
+@pytest.mark.parametrize("option", ["none", "flip", "xray"])
+def test_augmentation_options(option, cache_dir):
+    from ablation.pipeline import build_augmentation, eval_dataset, train_dataset
+
+    cfg = compose_config(f"augmentation={option}")
+    data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=8)
+    images, labels = data.train.images, data.train.labels
+    augmentation = build_augmentation(cfg.augmentation, seed=0)
+    # Without shuffling noise: compare each augmented batch with its own source images, in order.
+    batch, _ = next(iter(train_dataset(images[:1].repeat(16, 0), labels[:1].repeat(16), 16, 0, augmentation)))
+    batch = batch.numpy()
+    source = images[:1].astype(np.float32)
+    if option == "none":
+        assert augmentation is None
+        np.testing.assert_array_equal(batch, np.repeat(source, 16, 0))
+    else:
+        changed = [not np.allclose(b, source[0]) for b in batch]
+        assert any(changed)
+        if option == "flip":  # every image is either itself or its mirror
+            assert all(np.allclose(b, source[0]) or np.allclose(b, source[0][:, ::-1]) for b in batch)
+    # Evaluation batches are never augmented.
+    x, _ = next(iter(eval_dataset(images, labels, 16)))
+    np.testing.assert_array_equal(x.numpy(), images[:16].astype(np.float32))

@@ -1,0 +1,153 @@
+"""The networks of `ablation.models`: shapes, switches, parameter counts, refusals, training, saving.
+
+About two minutes on 2 CPU cores, most of it tracing the training graphs. Only the ResNets' training
+tests come near or over 20 s (ResNet-18 15-25 s, ResNet-50 35-40 s) and are marked slow.
+"""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from ablation.data import load_data
+from ablation.models import MODELS, backbone, build_model, min_image_size
+
+DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/chest_xray"
+SHAPE = (64, 64, 1)
+
+
+def of_kind(model: keras.Model, kind: type) -> list:
+    return [layer for layer in model.layers if isinstance(layer, kind)]
+
+
+def count(model: keras.Model, kind: type) -> int:
+    return len(of_kind(model, kind))
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
+    """32 real training images (16 per class) at 64 px, as float32 pixels in [0, 255] and (n, 1) labels."""
+    data = load_data(
+        DATA_ROOT,
+        image_size=64,
+        val_fraction=0.1,
+        seed=0,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        max_train_per_class=16,
+    )
+    return data.train.images.astype("float32"), data.train.labels.reshape(-1, 1).astype("float32")
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_one_float32_logit_per_image(name, dropout, batchnorm):
+    model = build_model(name, SHAPE, dropout, batchnorm)
+    images = np.random.default_rng(0).uniform(0, 255, (2, *SHAPE)).astype("float32")
+    for training in (False, True):
+        logits = model(images, training=training)
+        assert tuple(logits.shape) == (2, 1)
+        assert logits.dtype == "float32"
+        assert np.all(np.isfinite(keras.ops.convert_to_numpy(logits)))
+    assert isinstance(model.layers[1], layers.Rescaling)
+    assert model.get_layer("features").output.ndim == 4
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_switches_remove_or_set_every_layer(name):
+    full = build_model(name, SHAPE, dropout=0.3, batchnorm=True)
+    assert count(full, layers.BatchNormalization) > 0
+    assert count(full, layers.Dropout) > 0
+    assert {layer.rate for layer in of_kind(full, layers.Dropout)} == {0.3}
+    bare = build_model(name, SHAPE, dropout=0.0, batchnorm=False)
+    assert count(bare, layers.BatchNormalization) == 0
+    assert count(bare, layers.Dropout) == 0
+
+
+def test_resnet_dropout_only_before_the_logit():
+    for name in ("resnet18", "resnet50"):
+        model = build_model(name, SHAPE, dropout=0.5, batchnorm=True)
+        assert [layer.name for layer in of_kind(model, layers.Dropout)] == ["head_dropout"]
+
+
+def test_convs_drop_the_bias_only_before_batchnorm():
+    for name in ("resnet18", "resnet50"):
+        for batchnorm in (True, False):
+            convs = of_kind(build_model(name, SHAPE, 0.0, batchnorm), layers.Conv2D)
+            assert {conv.use_bias for conv in convs} == {not batchnorm}
+
+
+@pytest.mark.parametrize(("name", "adds"), [("cnn", 0), ("resnet18", 8), ("resnet50", 16)])
+def test_residual_additions(name, adds):
+    assert count(build_model(name, SHAPE, 0.0, True), layers.Add) == adds
+
+
+def test_resnet18_parameter_count():
+    # torchvision's ResNet-18 without its 1000-way fc has 11,176,512 trainable parameters; Keras also
+    # counts BN's moving mean and variance (2 x 4,800 BN channels), and our head is Dense(1): 513.
+    model = build_model("resnet18", (224, 224, 3), dropout=0.5, batchnorm=True)
+    assert model.count_params() == 11_176_512 + 9_600 + 513 == 11_186_625
+    assert abs(model.count_params() - 11.2e6) / 11.2e6 < 0.02
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resnet50_backbone_is_keras_minus_the_conv_biases_bn_cancels(channels):
+    shape = (64, 64, channels)
+    reference = keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape)
+    ours = backbone(build_model("resnet50", shape, dropout=0.5, batchnorm=True))
+    # Every Conv2D in Keras' ResNet-50 is followed by a BatchNormalization and keeps a bias; we drop it.
+    convs = of_kind(reference, layers.Conv2D)
+    assert all(conv.use_bias for conv in convs)
+    biases = sum(conv.filters for conv in convs)
+    assert biases == 26_560
+    assert ours.count_params() == reference.count_params() - biases
+    assert ours.output.shape == reference.output.shape
+    expected = {3: 23_561_152, 1: 23_554_880}[channels]  # Keras: 23,587,712 and 23,581,440
+    assert ours.count_params() == expected
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_refuses_an_image_smaller_than_the_downsampling(name):
+    minimum = min_image_size(name)
+    assert minimum == 32
+    build_model(name, (minimum, minimum, 1), 0.0, True)
+    small = minimum // 2
+    message = rf"data\.image_size={small} is too small for {name}: .* at least {minimum} px"
+    with pytest.raises(ValueError, match=message):
+        build_model(name, (small, small, 1), 0.0, True)
+
+
+def test_refuses_an_unknown_model():
+    with pytest.raises(ValueError, match=r"unknown model 'vgg16': choose one of cnn, resnet18, resnet50"):
+        build_model("vgg16", SHAPE, 0.0, True)
+    with pytest.raises(ValueError, match="unknown model"):
+        min_image_size("vgg16")
+
+
+@pytest.mark.parametrize("name", ["cnn", *(pytest.param(n, marks=pytest.mark.slow) for n in ("resnet18", "resnet50"))])
+def test_training_steps_on_real_images_lower_the_loss(name, batch):
+    images, labels = batch
+    keras.utils.set_random_seed(0)
+    # No dropout: the test is about the gradient reaching every weight, not about the noise.
+    model = build_model(name, SHAPE, dropout=0.0, batchnorm=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    # Each call returns the loss of the weights it starts from, so the first and the last loss compare
+    # the untrained model with the one five updates later, on the same batch in training mode.
+    losses = [float(model.train_on_batch(images, labels)) for _ in range(6)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_saved_model_loads_safely_and_predicts_the_same(name, batch, tmp_path):
+    images, _ = batch
+    model = build_model(name, SHAPE, dropout=0.5, batchnorm=True)
+    model(images, training=True)  # moves the BN statistics off their initial values, so they must be saved
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(
+        loaded.predict(images[:8], verbose=0), model.predict(images[:8], verbose=0), rtol=1e-5, atol=1e-5
+    )

@@ -1,0 +1,88 @@
+"""`train(cfg)` on real images: what it returns, determinism, threshold choice, non-finite loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from omegaconf import open_dict
+from sklearn import metrics
+
+from ablation.train import NonFiniteLossError, binary_metrics, train, youden_threshold
+
+
+def test_binary_metrics_match_a_hand_count():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.6, 0.3, 0.9, 0.8, 0.4, 0.7, 0.2])
+    m = binary_metrics(labels, probs, 0.5)  # tp=3 fn=2 tn=2 fp=1
+    assert m["accuracy"] == 5 / 8
+    assert m["precision"] == 3 / 4 and m["recall"] == 3 / 5 and m["specificity"] == 2 / 3
+    assert m["f1"] == pytest.approx(2 * 0.75 * 0.6 / 1.35)
+    assert m["auc"] == metrics.roc_auc_score(labels, probs)
+    assert binary_metrics(labels, probs, 0.25)["recall"] == 4 / 5
+
+
+def test_youden_threshold_maximises_j():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([0.1, 0.2, 0.6, 0.7, 0.8, 0.9])
+    # J = 1 at 0.7 only (tpr 1, fpr 0); 0.6 gives fpr 1/3 and 0.8 tpr 2/3
+    assert youden_threshold(labels, probs) == 0.7
+
+
+def test_train_returns_a_complete_result(tiny_cfg):
+    result = train(tiny_cfg)
+    assert set(result.test_metrics) == {"accuracy", "precision", "recall", "specificity", "f1", "auc", "pr_auc"}
+    assert all(0 <= v <= 1 for v in result.test_metrics.values())
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc", "precision", "recall"):
+        assert len(result.history[key]) == tiny_cfg.epochs
+    # The kept epoch is the best validation AUC, and the kept weights reproduce it.
+    assert result.best_epoch == int(np.argmax(result.history["val_auc"])) + 1
+    assert result.threshold == 0.5
+    assert len(result.test_probabilities) == len(result.data.test.labels) == 624
+    assert result.class_weights[0] == pytest.approx(1.0)  # capped at 32 a class: balanced
+
+
+def test_same_seed_same_metrics_other_seed_differs(tiny_cfg):
+    first, second = train(tiny_cfg), train(tiny_cfg)
+    assert first.history == second.history
+    np.testing.assert_array_equal(first.test_probabilities, second.test_probabilities)
+    with open_dict(tiny_cfg):
+        tiny_cfg.seed = 1
+    assert train(tiny_cfg).history != first.history
+
+
+def test_threshold_tuned_on_validation_not_test(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.trainer.tune_threshold = True
+        tiny_cfg.class_weighting.name = "oversample"
+    result = train(tiny_cfg)
+    val = result.data.val
+    logits = result.model.predict(val.images.astype(np.float32), verbose=0).ravel()
+    assert result.threshold == pytest.approx(youden_threshold(val.labels, 1 / (1 + np.exp(-logits.astype(float)))))
+
+
+def test_non_finite_loss_stops_with_the_reason(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.optimizer.lr = 1e30
+        tiny_cfg.batchnorm = False
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
+        train(tiny_cfg)
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"trainer.precision": "mixed_bfloat16", "trainer.steps_per_execution": 2, "optimizer.schedule": "cosine"},
+        {"trainer.jit_compile": True, "trainer.deterministic": False},
+    ],
+)
+def test_performance_and_schedule_switches_train(switches, tiny_cfg):
+    with open_dict(tiny_cfg):
+        for key, value in switches.items():
+            section, name = key.split(".")
+            tiny_cfg[section][name] = value
+        tiny_cfg.epochs = 1
+    result = train(tiny_cfg)
+    assert np.isfinite(result.history["loss"][0])
+    assert result.model.output.dtype == "float32"  # the logit stays float32 under mixed precision
+    if tiny_cfg.trainer.jit_compile:
+        assert result.model.jit_compile
