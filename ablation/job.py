@@ -7,7 +7,11 @@ never RUNNING through anything Python can see. In a sweep, a failed job does not
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -23,6 +27,21 @@ log = logging.getLogger(__name__)
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def pin_gpu(job_num: int) -> None:
+    """Give a parallel job one GPU, round-robin by job number (k jobs per card when n_jobs = k x cards).
+
+    Only before TensorFlow starts in this process, and never over a scheduler's own choice
+    (SLURM and Ray set CUDA_VISIBLE_DEVICES themselves).
+    """
+    if "tensorflow" in sys.modules or "CUDA_VISIBLE_DEVICES" in os.environ or not shutil.which("nvidia-smi"):
+        return
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    gpus = [line for line in listing.splitlines() if line.startswith("GPU ")]
+    if len(gpus) > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(job_num % len(gpus))
+        log.info("job %d pinned to GPU %s", job_num, os.environ["CUDA_VISIBLE_DEVICES"])
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -81,6 +100,7 @@ def run_job(cfg: DictConfig) -> dict:
     entry["run_id"] = run_id
     log.info("MLflow run %s (%s) in experiment %r", run_id, overrides or "defaults", cfg.tracking.experiment)
 
+    pin_gpu(hydra.job.num)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)  # scancel and kill end the run KILLED, like Ctrl-C
     try:
