@@ -59,6 +59,7 @@ def run_job(cfg: DictConfig) -> dict:
             tracking.append_job(sweep_dir, entry)
         return entry
 
+    pin_gpu(entry["job"])  # before validate: it imports Keras, which starts TensorFlow
     try:
         validate(cfg)
     except ConfigError as error:
@@ -100,7 +101,6 @@ def run_job(cfg: DictConfig) -> dict:
     entry["run_id"] = run_id
     log.info("MLflow run %s (%s) in experiment %r", run_id, overrides or "defaults", cfg.tracking.experiment)
 
-    pin_gpu(hydra.job.num)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)  # scancel and kill end the run KILLED, like Ctrl-C
     try:
