@@ -55,6 +55,7 @@ class TrainerConf:
     tune_threshold: bool = False
     label_smoothing: float = 0.0
     precision: str = "float32"
+    augment_on: str = "data"
     jit_compile: bool = False
     steps_per_execution: int = 1
     deterministic: bool = True
@@ -146,6 +147,7 @@ def validate(cfg: DictConfig) -> None:
         0 <= trainer.label_smoothing < 0.5, "trainer.label_smoothing", trainer.label_smoothing, "a float in [0, 0.5)"
     )
     _check(trainer.precision in PRECISIONS, "trainer.precision", trainer.precision, f"one of {PRECISIONS}")
+    _check(trainer.augment_on in ("data", "model"), "trainer.augment_on", trainer.augment_on, "data or model")
     _check(trainer.steps_per_execution >= 1, "trainer.steps_per_execution", trainer.steps_per_execution, "an int >= 1")
 
     data = cfg.data

@@ -69,10 +69,11 @@ def run_job(cfg: DictConfig) -> dict:
             return entry
         raise
 
-    client = tracking.client(cfg.tracking.uri)
-    # Serialises the first touch of a fresh store (schema migration) across parallel jobs.
+    # Serialises the first touch of a fresh store (schema migration) across parallel jobs: MlflowClient
+    # opens its store, and so migrates a fresh SQLite file, as it is built.
     Path(cfg.paths.runs).mkdir(parents=True, exist_ok=True)
     with tracking.FileLock(str(Path(cfg.paths.runs) / "mlflow-init.lock")):
+        client = tracking.client(cfg.tracking.uri)
         experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_location)
         tracking.reap_stale_runs(client, experiment_id)
     digest = tracking.config_hash(cfg)

@@ -127,19 +127,27 @@ def train(
     weighting = cfg.class_weighting.name
     class_weights = data.class_weights(weighting)
 
+    augmentation = pipeline.build_augmentation(cfg.augmentation, cfg.seed)
+    on_device = cfg.trainer.augment_on == "model"
     train_ds = pipeline.train_dataset(
         data.train.images,
         data.train.labels,
         cfg.batch_size,
         cfg.seed,
-        augmentation=pipeline.build_augmentation(cfg.augmentation, cfg.seed),
+        augmentation=None if on_device else augmentation,
         oversample=weighting == "oversample",
     )
     val_ds = pipeline.eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
     test_ds = pipeline.eval_dataset(data.test.images, data.test.labels, cfg.batch_size)
 
     model = build_model(cfg.model.name, data.train.images.shape[1:], cfg.dropout, cfg.batchnorm)
-    model.compile(
+    trained = model
+    if on_device and augmentation is not None:
+        # Augmentation as the first layers: it runs where the model runs (the GPU) and only in training.
+        # The kept model is the bare network, so inference and saved models never carry it.
+        inputs = keras.Input(model.input_shape[1:])
+        trained = keras.Model(inputs, model(augmentation(inputs)), name=f"{model.name}_augmented")
+    trained.compile(
         optimizer=_optimizer(cfg, math.ceil(len(data.train.labels) / cfg.batch_size)),
         loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=cfg.trainer.label_smoothing),
         metrics=_metrics(),
@@ -154,7 +162,7 @@ def train(
     )
 
     start = time.perf_counter()
-    fit = model.fit(
+    fit = trained.fit(
         train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,

@@ -97,3 +97,50 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     assert [r.info.status for r in children] == ["FINISHED"]  # the refused job left no run behind
     parent = next(r for r in all_runs if r.data.tags.get("ablation.role") == "sweep")
     assert parent.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_two_seed_sweep_then_report(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from conftest import PROJECT
+
+    runs = tmp_path / "runs"
+    done = run_ablation(
+        "-m",
+        "model=cnn",
+        "dropout=0,0.5",
+        "seed=0,1",
+        "data.image_size=32",
+        "data.max_train_per_class=32",
+        "epochs=2",
+        "tracking.experiment=seeds",
+        runs=runs,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "report"
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis",
+            "report",
+            "--tracking-uri",
+            f"sqlite:///{runs}/mlflow.db",
+            "--out",
+            str(out),
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    table = pd.read_csv(out / "ablation_table.csv")
+    assert sorted(table.dropout) == [0.0, 0.5] and table.n.tolist() == [2, 2]
+    assert {"test_auc_mean", "test_auc_ci_low", "test_auc_ci_high"} <= set(table.columns)
+    assert table.test_auc_ci_low.notna().all()
+    for name in ("report.md", "report.html", "learning_curves.png", "roc_curves.png"):
+        assert (out / name).stat().st_size > 0

@@ -71,12 +71,20 @@ def test_non_finite_loss_stops_with_the_reason(tiny_cfg):
 @pytest.mark.parametrize(
     "switches",
     [
-        {"trainer.precision": "mixed_bfloat16", "trainer.steps_per_execution": 2, "optimizer.schedule": "cosine"},
+        {
+            "trainer.precision": "mixed_bfloat16",
+            "trainer.steps_per_execution": 2,
+            "optimizer.schedule": "cosine",
+            "trainer.augment_on": "model",
+        },
         {"trainer.jit_compile": True, "trainer.deterministic": False},
     ],
 )
 def test_performance_and_schedule_switches_train(switches, tiny_cfg):
+    from conftest import compose_config
+
     with open_dict(tiny_cfg):
+        tiny_cfg.augmentation = compose_config("augmentation=xray").augmentation
         for key, value in switches.items():
             section, name = key.split(".")
             tiny_cfg[section][name] = value
@@ -84,5 +92,7 @@ def test_performance_and_schedule_switches_train(switches, tiny_cfg):
     result = train(tiny_cfg)
     assert np.isfinite(result.history["loss"][0])
     assert result.model.output.dtype == "float32"  # the logit stays float32 under mixed precision
-    if tiny_cfg.trainer.jit_compile:
+    if tiny_cfg.trainer.augment_on == "model":  # trained with augmentation layers, kept without them
+        assert not any("random" in layer.name for layer in result.model.layers)
+    if tiny_cfg.trainer.jit_compile:  # XLA needs op determinism off: Keras refuses the two together
         assert result.model.jit_compile

@@ -1,0 +1,310 @@
+"""Predict pneumonia on new chest X-rays with a logged run's model: `python -m ablation.predict`.
+
+    python -m ablation.predict --run-id ID [--tracking-uri URI] [--out predictions.csv] [--explain DIR] PATH ...
+    python -m ablation.predict --experiment NAME [--best test_auc] ... PATH ...
+
+PATHs are image files or folders, searched recursively for .jpeg/.jpg/.png (any case). Every image is
+preprocessed exactly as the run's training data was, from the run's logged `config.yaml`
+(`data.image_size`, through `ablation.data.decode_image`): any size, grayscale, RGB or PNG goes. The CSV
+has `file,probability,label`: the probability of pneumonia and the label at the run's logged `threshold`
+metric (0.5 if the run has none). `--explain DIR` also writes a Grad-CAM overlay PNG per image.
+
+An unreadable file is named on stderr with the reason and the others are still predicted; the exit
+status is then 1. It is 2 when the run, its model or its config cannot be found, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ start-up chatter
+
+import numpy as np  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ablation.data import CLASSES, decode_image  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+ROLE = "ablation.role"  # = ablation.tracking.ROLE; not imported from there, which loads Keras
+MODEL_ARTIFACT = "model/model.keras"
+CONFIG_ARTIFACT = "config.yaml"
+DEFAULT_THRESHOLD = 0.5
+CHUNK = 256  # images decoded and predicted at a time: memory stays flat on big folders
+EXPLAIN_SIZE = 256  # minimum side of a --explain overlay, so a 32 px model's map is still visible
+
+
+class PredictError(RuntimeError):
+    """The run, its model or its config cannot be used; nothing was predicted."""
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'runs' / 'mlflow.db'}"
+
+
+def _check_store(uri: str) -> None:
+    # MLflow would silently create an empty SQLite store and then report every run as missing.
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise PredictError(f"no MLflow store at {db} (tracking URI {uri}); pass --tracking-uri")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith("loss")
+
+
+def best_run(client: MlflowClient, experiment: str, metric: str) -> Run:
+    """The FINISHED job run of `experiment` with the best `metric` (highest, lowest for a `...loss`)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise PredictError(f"no experiment named {experiment!r}")
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id],
+            f"tags.`{ROLE}` = 'job' and attributes.status = 'FINISHED'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs += [r for r in page if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])]
+        token = page.token
+        if not token:
+            break
+    if not runs:
+        raise PredictError(f"no FINISHED job run of experiment {experiment!r} has the metric {metric!r}")
+    sign = 1 if lower_is_better(metric) else -1
+    return min(runs, key=lambda r: sign * r.data.metrics[metric])  # ties: the newest run (search order)
+
+
+@dataclass
+class LoadedRun:
+    run_id: str
+    model: object  # keras.Model
+    image_size: int
+    threshold: float
+    model_name: str
+
+
+@contextmanager
+def load_run(client: MlflowClient, run_id: str) -> Iterator[LoadedRun]:
+    """The run's model, image size (from its logged config) and threshold; artifacts in a temp dir."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise PredictError(f"no run {run_id}: {error.message}") from error
+    with tempfile.TemporaryDirectory(prefix="ablation-predict-") as tmp:
+        local = {}
+        for artifact in (CONFIG_ARTIFACT, MODEL_ARTIFACT):
+            try:
+                local[artifact] = Path(client.download_artifacts(run_id, artifact, tmp))
+            except (MlflowException, OSError) as error:
+                raise PredictError(
+                    f"run {run_id} has no artifact {artifact} ({type(error).__name__}); "
+                    "only a FINISHED job run of `python -m ablation` logs a model"
+                ) from error
+        cfg = OmegaConf.load(local[CONFIG_ARTIFACT])
+        size = OmegaConf.select(cfg, "data.image_size")
+        if not isinstance(size, int) or size <= 0:
+            raise PredictError(f"run {run_id}: its {CONFIG_ARTIFACT} has no valid data.image_size ({size!r})")
+
+        import keras  # TensorFlow loads only once the run is known to be usable
+
+        model = keras.models.load_model(local[MODEL_ARTIFACT], safe_mode=True, compile=False)
+        expected = tuple(model.input_shape[1:3])
+        if expected != (size, size):
+            raise PredictError(f"run {run_id}: the model takes {expected} images but its config says {size} px")
+        threshold = run.data.metrics.get("threshold", DEFAULT_THRESHOLD)
+        name = OmegaConf.select(cfg, "model.name", default=model.name)
+        yield LoadedRun(run_id, model, size, float(threshold), str(name))
+
+
+def find_images(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], dict[str, str]]:
+    """(file, name relative to the argument) of every image the arguments name, and the bad arguments.
+
+    A file argument is taken whatever its suffix; a folder contributes its .jpeg/.jpg/.png files at
+    any depth (hidden files and folders left out), sorted.
+    """
+    found: list[tuple[Path, Path]] = []
+    problems: dict[str, str] = {}
+    for arg in map(Path, paths):
+        if arg.is_file():
+            found.append((arg, Path(arg.name)))
+        elif arg.is_dir():
+            files = sorted(
+                p
+                for p in arg.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(arg).parts)
+            )
+            if not files:
+                problems[str(arg)] = f"no {'/'.join(IMAGE_SUFFIXES)} files in this folder"
+            found += [(p, p.relative_to(arg)) for p in files]
+        else:
+            problems[str(arg)] = "no such file or folder"
+    return found, problems
+
+
+def _decode(path: Path, size: int) -> np.ndarray | str:
+    try:
+        return decode_image(path, size)
+    except Exception as error:  # noqa: BLE001 - whatever a decoder raises, it is this file's failure only
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def decode_many(paths: Sequence[Path], size: int) -> list[np.ndarray | str]:
+    """Each file as `decode_image` gives it, or the reason it cannot be read."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
+        return list(pool.map(lambda p: _decode(p, size), paths))
+
+
+def to_model_input(pixels: Sequence[np.ndarray], channels: int) -> np.ndarray:
+    """(n, size, size, channels) float32 in [0, 255], as the training pipeline feeds the model."""
+    batch = np.stack(pixels).astype(np.float32)[..., None]
+    return np.repeat(batch, channels, axis=-1) if channels != 1 else batch
+
+
+def probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    logits = model.predict(images, batch_size=batch_size, verbose=0).astype(np.float64).ravel()
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _unique(path: Path, used: set[Path]) -> Path:
+    candidate, n = path, 1
+    while candidate in used:
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    used.add(candidate)
+    return candidate
+
+
+def write_explanations(
+    loaded: LoadedRun, files: Sequence[tuple[Path, Path]], inputs: np.ndarray, out_dir: Path, used: set[Path]
+) -> None:
+    """A Grad-CAM overlay PNG per image, under `out_dir` at the image's path relative to its argument."""
+    from ablation.explain import gradcam, overlay
+
+    maps = gradcam(loaded.model, inputs)
+    display = max(loaded.image_size, EXPLAIN_SIZE)
+    for (path, rel), heatmap in zip(files, maps, strict=True):
+        target = _unique(out_dir / rel.with_suffix(".png"), used)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(overlay(decode_image(path, display), heatmap)).save(target)
+
+
+def predict(
+    loaded: LoadedRun, files: Sequence[tuple[Path, Path]], writer: csv.writer, explain: Path | None = None
+) -> dict[str, str]:
+    """Write a CSV row per readable file, in order; returns the unreadable ones with their reasons."""
+    failures: dict[str, str] = {}
+    channels = int(loaded.model.input_shape[-1])
+    used: set[Path] = set()
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start : start + CHUNK]
+        decoded = decode_many([path for path, _ in chunk], loaded.image_size)
+        readable = [(item, d) for item, d in zip(chunk, decoded, strict=True) if not isinstance(d, str)]
+        failures.update({str(path): d for (path, _), d in zip(chunk, decoded, strict=True) if isinstance(d, str)})
+        if not readable:
+            continue
+        inputs = to_model_input([d for _, d in readable], channels)
+        for ((path, _), _), p in zip(readable, probabilities(loaded.model, inputs), strict=True):
+            writer.writerow([str(path), f"{p:.6f}", CLASSES[int(p >= loaded.threshold)]])
+        if explain is not None:
+            write_explanations(loaded, [item for item, _ in readable], inputs, explain, used)
+    return failures
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ablation.predict",
+        description="Predict pneumonia on chest X-ray files or folders with a logged run's model.",
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", help="the MLflow run whose model predicts")
+    which.add_argument("--experiment", help="take the best FINISHED job run of this MLflow experiment")
+    parser.add_argument(
+        "--best",
+        metavar="METRIC",
+        help="with --experiment: the run metric to select on (default test_auc); higher is better, "
+        "lower for a name ending in 'loss'",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)",
+    )
+    parser.add_argument("--out", default="predictions.csv", help="CSV to write ('-': stdout; default predictions.csv)")
+    parser.add_argument("--explain", metavar="DIR", type=Path, help="also write a Grad-CAM overlay PNG per image here")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    args = parser.parse_args(argv)
+    if args.best is not None and args.experiment is None:
+        parser.error("--best selects a run of an --experiment; it does not go with --run-id")
+    args.best = args.best or "test_auc"
+    args.tracking_uri = args.tracking_uri or default_tracking_uri()
+    return args
+
+
+@contextmanager
+def _open_out(out: str) -> Iterator:
+    if out == "-":
+        yield sys.stdout
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="") as f:
+            yield f
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    files, problems = find_images(args.paths)
+    try:
+        _check_store(args.tracking_uri)
+        client = MlflowClient(tracking_uri=args.tracking_uri)
+        if args.experiment is not None:
+            run = best_run(client, args.experiment, args.best)
+            run_id = run.info.run_id
+            value = run.data.metrics[args.best]
+            print(
+                f"best run of {args.experiment!r} by {args.best}: {run_id} ({args.best} = {value:.4f})", file=sys.stderr
+            )
+        else:
+            run_id = args.run_id
+        with load_run(client, run_id) as loaded:
+            print(
+                f"run {run_id}: {loaded.model_name} at {loaded.image_size} px, threshold {loaded.threshold:.4f}",
+                file=sys.stderr,
+            )
+            with _open_out(args.out) as f:
+                writer = csv.writer(f)
+                writer.writerow(["file", "probability", "label"])
+                failures = predict(loaded, files, writer, args.explain)
+    except PredictError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    done = len(files) - len(failures)
+    failures = {**problems, **failures}
+    for path, reason in failures.items():
+        print(f"failed: {path}: {reason}", file=sys.stderr)
+    where = "stdout" if args.out == "-" else args.out
+    print(f"predicted {done} image(s) into {where}; {len(failures)} failed", file=sys.stderr)
+    if args.explain is not None:
+        print(f"Grad-CAM overlays in {args.explain}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
