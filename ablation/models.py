@@ -29,6 +29,14 @@ from keras import layers
 
 # Keras' ResNets use this epsilon; matching it keeps our ResNet-50 numerically comparable to theirs.
 BN_EPSILON = 1.001e-5
+# Keras' default moving-average momentum (0.99) needs thousands of steps before the inference
+# statistics settle; a quick CPU run has a few hundred, and its validation predictions collapse to one
+# class. 0.9 (PyTorch's default) settles in tens of steps.
+BN_MOMENTUM = 0.9
+
+
+def _batchnorm(x, name: str, epsilon: float = 1e-3):
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=epsilon, name=name)(x)
 
 # Stride-2 steps (pooling or strided conv) of each network. A step needs at least 2 pixels to
 # downsample: the cnn's unpadded max-pools fail on fewer, and the ResNets' padded layers would turn a
@@ -93,7 +101,7 @@ def build_cnn(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool
         x = layers.SeparableConv2D(filters, 3, padding="same", activation="relu", name=f"{name}_sep1")(x)
         x = layers.SeparableConv2D(filters, 3, padding="same", activation="relu", name=f"{name}_sep2")(x)
         if batchnorm:
-            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = _batchnorm(x, f"{name}_bn")
         if filters == 256:
             # Before the pooling, like VGG's conv5_3 in the Grad-CAM paper: twice the resolution.
             x = layers.Identity(name="features")(x)
@@ -105,7 +113,7 @@ def build_cnn(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool
         name = f"dense{units}"
         x = layers.Dense(units, activation="relu", name=name)(x)
         if batchnorm:
-            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = _batchnorm(x, f"{name}_bn")
         x = _dropout(x, dropout, f"{name}_dropout")
     return keras.Model(inputs, _logit(x), name="cnn")
 
@@ -115,7 +123,7 @@ def _conv_bn(x, filters: int, kernel: int, strides: int, batchnorm: bool, name: 
     padding = "same" if kernel > 1 else "valid"
     x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=not batchnorm, name=name)(x)
     if batchnorm:
-        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=bn_name)(x)
+        x = _batchnorm(x, bn_name, BN_EPSILON)
     return x
 
 
@@ -163,7 +171,7 @@ def _resnet_stem(x, batchnorm: bool):
     x = layers.ZeroPadding2D(3, name="stem_pad")(x)
     x = layers.Conv2D(64, 7, strides=2, use_bias=not batchnorm, name="stem_conv")(x)
     if batchnorm:
-        x = layers.BatchNormalization(epsilon=BN_EPSILON, name="stem_bn")(x)
+        x = _batchnorm(x, "stem_bn", BN_EPSILON)
     x = layers.ReLU(name="stem_relu")(x)
     x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
     return layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
