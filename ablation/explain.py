@@ -2,13 +2,14 @@
 
 The map comes from the layer every model names `features` (the last convolutional stage): the gradient
 of the pneumonia logit with respect to that feature map, averaged over space, weights its channels;
-the ReLU of the weighted sum, upsampled bilinearly to the input size and scaled to [0, 1], is the map.
+the ReLU of the weighted sum, upsampled bilinearly to the input size and divided by its maximum, is the map.
 Bright regions raise the logit. Used by every run (`gradcam_panel.png`) and by
 `python -m ablation.predict --explain DIR`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -37,35 +38,38 @@ def _cam_model(model: keras.Model, layer: str) -> keras.Model:
     return keras.Model(model.inputs, [model.get_layer(layer).output, model.outputs[0]])
 
 
-def gradcam(model: keras.Model, images: np.ndarray, layer: str = LAYER, batch_size: int = 32) -> np.ndarray:
+def gradcam(
+    model: keras.Model, images: np.ndarray, target: int | Sequence[int] = 1, layer: str = LAYER, batch_size: int = 32
+) -> np.ndarray:
     """Grad-CAM maps of `images` (n, H, W, C) float32 in [0, 255]: (n, H, W) float32 in [0, 1].
 
-    An image whose map is zero everywhere (no feature raises the logit) gets an all-zero map.
+    `target` is the class whose evidence is mapped, for all images or one per image: 1 (PNEUMONIA,
+    the default) follows the logit, 0 (NORMAL) its negative. Each map is divided by its maximum; one
+    with no positive evidence anywhere is all zero.
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be (n, H, W, C), got shape {images.shape}")
+    signs = np.where(np.broadcast_to(np.asarray(target), (len(images),)) == 1, 1.0, -1.0).astype(np.float32)
     height, width = images.shape[1:3]
     cam_model = _cam_model(model, layer)
-    maps = []
+    maps = [np.zeros((0, height, width), np.float32)]
     for start in range(0, len(images), batch_size):
         batch = tf.convert_to_tensor(images[start : start + batch_size])
+        sign = tf.constant(signs[start : start + batch_size])
         with tf.GradientTape() as tape:
             fmap, logits = cam_model(batch, training=False)
-            # Images are independent at inference, so one gradient of the sum is each image's own.
-            score = tf.reduce_sum(tf.cast(logits, tf.float32))
+            # Images are independent at inference, so the gradient of the sum is each image's own.
+            score = tf.reduce_sum(sign * tf.reshape(tf.cast(logits, tf.float32), [-1]))
         grads = tf.cast(tape.gradient(score, fmap), tf.float32)
         fmap = tf.cast(fmap, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # one weight per channel
         cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]
         cam = tf.image.resize(cam, (height, width), method="bilinear")[..., 0]
-        maps.append(cam.numpy())
-    if not maps:
-        return np.zeros((0, height, width), np.float32)
-    cams = np.concatenate(maps).astype(np.float32)
-    low = cams.min(axis=(1, 2), keepdims=True)
-    span = cams.max(axis=(1, 2), keepdims=True) - low
-    return np.where(span > 0, (cams - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
+        maps.append(cam.numpy().astype(np.float32))
+    cams = np.concatenate(maps)
+    peak = cams.max(axis=(1, 2), keepdims=True)
+    return np.where(peak > 0, cams / np.where(peak > 0, peak, 1), 0).astype(np.float32)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
@@ -126,7 +130,11 @@ def gradcam_panel(
     heatmaps = dict(zip(chosen, gradcam(model, images[chosen]), strict=True)) if chosen else {}
 
     fig, axes = plt.subplots(
-        per_outcome, len(OUTCOMES), figsize=(3 * len(OUTCOMES), 3.2 * per_outcome + 0.6), squeeze=False
+        per_outcome,
+        len(OUTCOMES),
+        figsize=(3 * len(OUTCOMES) + 1, 3.2 * per_outcome + 0.8),
+        squeeze=False,
+        layout="constrained",
     )
     for col, (name, *_) in enumerate(OUTCOMES):
         for row in range(per_outcome):
@@ -135,11 +143,15 @@ def gradcam_panel(
             if row < len(picked[name]):
                 i = picked[name][row]
                 ax.imshow(overlay(images[i], heatmaps[i]), interpolation="bilinear")
-                ax.set_title(f"{name}\ntrue {CLASSES[int(labels[i])]}, p={probabilities[i]:.2f}", fontsize=9)
+                empty = "" if heatmaps[i].max() > 0 else "\nempty map: no evidence for pneumonia"
+                ax.set_title(f"{name}\ntrue {CLASSES[int(labels[i])]}, p={probabilities[i]:.3f}{empty}", fontsize=9)
             elif row == 0:
                 ax.text(0.5, 0.5, f"no {name}s", ha="center", va="center", color="grey", transform=ax.transAxes)
-    fig.suptitle(f"Grad-CAM of '{LAYER}' (evidence for pneumonia), threshold {threshold:.2f}", fontsize=11)
-    fig.tight_layout()
+    map_h, map_w = model.get_layer(LAYER).output.shape[1:3]
+    note = "" if map_h * map_w > 1 else f"\n'{LAYER}' is {map_h} x {map_w} at this image size: the map cannot localise"
+    fig.suptitle(f"Grad-CAM of '{LAYER}': evidence for pneumonia, threshold {threshold:.3f}{note}", fontsize=11)
+    mappable = matplotlib.cm.ScalarMappable(cmap=COLORMAP, norm=matplotlib.colors.Normalize(0, 1))
+    fig.colorbar(mappable, ax=axes, shrink=0.6, label="Grad-CAM (1 = the image's strongest evidence)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -50,7 +50,8 @@ def run_job(cfg: DictConfig) -> dict:
     in_sweep = hydra.mode == RunMode.MULTIRUN
     sweep_dir = Path(hydra.sweep.dir)
     out_dir = Path(hydra.runtime.output_dir)
-    overrides = " ".join(hydra.overrides.task)
+    task = [tracking.redact(override) for override in hydra.overrides.task]  # `tracking.uri=http://u:PASS@...`
+    overrides = " ".join(task)
     entry: dict = {"job": hydra.job.num if in_sweep else 0, "overrides": overrides}
 
     def finish(status: str, **fields) -> dict:
@@ -96,9 +97,8 @@ def run_job(cfg: DictConfig) -> dict:
     if in_sweep:
         parent = tracking.sweep_parent(client, experiment_id, sweep_dir, cfg.tracking.uri)
         tags[tracking.PARENT] = parent
-    run_id = client.create_run(
-        experiment_id, run_name=", ".join(hydra.overrides.task) or cfg.model.name, tags=tags
-    ).info.run_id
+    run_name = (", ".join(task) or cfg.model.name)[:250]  # a longer name fails on PostgreSQL (VARCHAR(250))
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     entry["run_id"] = run_id
     log.info("MLflow run %s (%s) in experiment %r", run_id, overrides or "defaults", cfg.tracking.experiment)
 
@@ -110,15 +110,19 @@ def run_job(cfg: DictConfig) -> dict:
         tracking.log_params(client, run_id, tracking.run_params(cfg))
         result = train(cfg, callbacks=[tracking.EpochLogger(client, run_id)])
         tracking.log_result(client, run_id, cfg, result, out_dir)
-    except KeyboardInterrupt as interrupt:
-        message = f"interrupted ({interrupt or 'Ctrl-C'})"
+    except (KeyboardInterrupt, SystemExit) as interrupt:
+        message = f"interrupted ({str(interrupt) or 'Ctrl-C'})"  # Ctrl-C's KeyboardInterrupt has no text
+        if isinstance(interrupt, SystemExit):
+            # submitit's handler of SLURM's preemption or time-limit signal: it requeued the job, and the
+            # sweep (and its parent run) goes on.
+            message = f"interrupted (exit {interrupt.code}: preempted or timed out, requeued by the scheduler)"
         tracking.end_run(client, run_id, "KILLED", message)
-        if parent:
+        if parent and isinstance(interrupt, KeyboardInterrupt):
             tracking.end_run(client, parent, "KILLED", message)
         finish("KILLED", error=message)
         raise
     except Exception as error:
-        message = f"{type(error).__name__}: {error}"
+        message = tracking.redact(f"{type(error).__name__}: {error}")
         log.exception("job failed: %s", overrides)
         tracking.end_run(client, run_id, "FAILED", message)
         finish("FAILED", error=message)

@@ -12,11 +12,12 @@ import io
 import json
 import logging
 import os
+import re
+import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import keras
 import mlflow
@@ -27,7 +28,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from ablation import figures
+from ablation import explain, figures
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ CONFIG_HASH = "ablation.config_hash"
 HOST, PID = "ablation.host", "ablation.pid"
 PARENT = "mlflow.parentRunId"
 PARENT_FILE = "mlflow_parent.json"  # in the sweep dir: the parent run every job attaches to
+DRIVER_FILE = "sweep_driver.json"  # in the sweep dir: host and pid of the process that launched the sweep
 JOBS_FILE = "jobs.jsonl"  # in the sweep dir: one line per finished, failed, refused or skipped job
 # Keys that locate things rather than define the training: left out of the resume hash.
 NOT_TRAINING = ("tracking", "paths", "data.root", "data.cache_dir", "trainer.verbose")
@@ -43,17 +45,43 @@ NOT_TRAINING = ("tracking", "paths", "data.root", "data.cache_dir", "trainer.ver
 SHORT_PARAMS = ("dropout", "batchnorm", "epochs", "seed", "batch_size")
 
 
+# A tracking server that went away fails the job after about 30 s of retries (after 0, 2, 4, 8, 16 s; 30 s to
+# answer each), which rides out a server restart, rather than MLflow's minutes (7 retries, backoff factor 2,
+# 120 s to answer). The environment still wins. See docs/reliability.md.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# `scheme://user:password@`: the password, up to the last @ before the path.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^/\s]*@")
+
+
+def gpus_per_job() -> float:
+    """GPUs a Ray task asks for (`conf/hydra/launcher/ray_tasks.yaml`): $ABLATION_GPUS_PER_JOB, else 1 where this
+    machine has an NVIDIA GPU, else 0 (a task asking for a GPU that no node has would wait forever)."""
+    if os.environ.get("ABLATION_GPUS_PER_JOB"):
+        return float(os.environ["ABLATION_GPUS_PER_JOB"])
+    if not shutil.which("nvidia-smi"):
+        return 0.0
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
+    return float(any(line.startswith("GPU ") for line in listing.splitlines()))
+
+
+# Resolved in the launching process: this module is imported there first, by the SweepSummary callback.
+OmegaConf.register_new_resolver("ablation.gpus_per_job", gpus_per_job, replace=True)
+
+
 def client(uri: str) -> mlflow.MlflowClient:
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
 def redact(value: str) -> str:
-    """A URI without its password: secrets in `user:pass@host` never reach a param."""
-    parts = urlsplit(value)
-    if parts.password is None:
-        return value
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """Text without the password of any `scheme://user:pass@host` in it: secrets never reach a param or tag."""
+    return _USERINFO.sub(r"\1:***@", value)
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -141,6 +169,16 @@ def process_tags() -> dict[str, str]:
     return {HOST: socket.gethostname(), PID: str(os.getpid())}
 
 
+def driver_tags(sweep_dir: Path) -> dict[str, str]:
+    """Host and pid of the sweep's launching process (written by SweepSummary), else of this process.
+
+    A parent run carries them, so that the reaper ends it only once the launcher is gone: a Ray or
+    submitit worker that created it exits long before the sweep ends.
+    """
+    record = sweep_dir / DRIVER_FILE
+    return json.loads(record.read_text()) if record.exists() else process_tags()
+
+
 def sweep_parent(mlflow_client: mlflow.MlflowClient, experiment_id: str, sweep_dir: Path, uri: str) -> str:
     """The sweep's parent run id: created by the first job that trains, read by every other job."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +189,7 @@ def sweep_parent(mlflow_client: mlflow.MlflowClient, experiment_id: str, sweep_d
         run = mlflow_client.create_run(
             experiment_id,
             run_name=f"sweep {sweep_dir.parent.name} {sweep_dir.name}",
-            tags={ROLE: "sweep", "ablation.sweep_dir": str(sweep_dir), **process_tags()},
+            tags={ROLE: "sweep", "ablation.sweep_dir": str(sweep_dir), **driver_tags(sweep_dir)},
         )
         record.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
         return run.info.run_id
@@ -202,7 +240,7 @@ def log_result(mlflow_client: mlflow.MlflowClient, run_id: str, cfg: DictConfig,
     summary = io.StringIO()
     result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
     (out_dir / "model_summary.txt").write_text(summary.getvalue())
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out_dir / "config.yaml").write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
     (out_dir / "data_record.json").write_text(json.dumps(record, indent=2))
     pd.DataFrame(
         {"file": result.data.test.files, "label": result.data.test.labels, "probability": result.test_probabilities}
@@ -211,6 +249,9 @@ def log_result(mlflow_client: mlflow.MlflowClient, run_id: str, cfg: DictConfig,
     labels, probs = result.data.test.labels, result.test_probabilities
     figures.confusion_matrix(labels, probs, result.threshold, out_dir / "confusion_matrix.png")
     figures.roc_curve(labels, probs, out_dir / "roc_curve.png")
+    explain.gradcam_panel(
+        result.model, result.data.test.images, labels, probs, result.threshold, out_dir / "gradcam_panel.png"
+    )
     for name in (
         "model_summary.txt",
         "config.yaml",
@@ -219,6 +260,7 @@ def log_result(mlflow_client: mlflow.MlflowClient, run_id: str, cfg: DictConfig,
         "learning_curves.png",
         "confusion_matrix.png",
         "roc_curve.png",
+        "gradcam_panel.png",
     ):
         mlflow_client.log_artifact(run_id, str(out_dir / name))
     model_dir = out_dir / "model"
@@ -244,13 +286,19 @@ def append_job(sweep_dir: Path, entry: dict) -> None:
 class SweepSummary(Callback):
     """At the end of a sweep: a table of its jobs, the parent run ended, exit status 1 if any job failed."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / DRIVER_FILE).write_text(json.dumps(process_tags()))
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs_file = sweep_dir / JOBS_FILE
         jobs = [json.loads(line) for line in jobs_file.read_text().splitlines()] if jobs_file.exists() else []
         if not jobs:
             return
-        table = pd.DataFrame(jobs).sort_values("job")
+        # A job requeued by its scheduler (SLURM preemption) has one line per attempt: the last one counts.
+        table = pd.DataFrame(jobs).drop_duplicates("job", keep="last").sort_values("job")
         columns = [c for c in ("job", "status", "test_auc", "run_id", "overrides") if c in table]
         print(f"\nSweep {sweep_dir}:\n" + table[columns].to_string(index=False, na_rep="-"))
         failed = table[table.status.isin(["FAILED", "REFUSED", "KILLED"])]

@@ -7,6 +7,7 @@ import base64
 import html
 import math
 import re
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +92,7 @@ def _best_per_network(study: Study, finished: pd.DataFrame, factors: list[str], 
         run = ranked[config_keys(ranked, by).map(key.__eq__)].iloc[0]
         csv = study.artifact(run["run_id"], "test_predictions.csv", tmp / run["run_id"])
         network = key[0] if by else "best run"
+        gradcam = study.artifact(run["run_id"], "gradcam_panel.png", tmp / run["run_id"])
         rest = label(config_keys(run.to_frame().T, others).iloc[0], others)
         seed = run.get("seed", "?")
         best.append(
@@ -103,6 +105,7 @@ def _best_per_network(study: Study, finished: pd.DataFrame, factors: list[str], 
                 "test_auc": run["test_auc"],
                 "threshold": 0.5 if math.isnan(run["threshold"]) else float(run["threshold"]),
                 "predictions": pd.read_csv(csv) if csv else None,
+                "gradcam": gradcam,
             }
         )
     return best
@@ -264,6 +267,9 @@ def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> l
     with tempfile.TemporaryDirectory() as tmp:
         best = _best_per_network(study, finished, factors, Path(tmp))
         record = study.data_record(top, Path(tmp) / "record")
+        for b in best:  # copied out of the temporary folder: the report shows them
+            if b["gradcam"]:
+                b["gradcam"] = Path(shutil.copy(b["gradcam"], out / f"gradcam_{b['network'].replace(' ', '_')}.png"))
     predicted = [b for b in best if b["predictions"] is not None]
 
     pngs = {"learning_curves.png": figures.learning_curves(finished, factors, hist, out / "learning_curves.png")}
@@ -327,6 +333,9 @@ def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> l
             ("img", "roc_curves.png", "ROC curves of the best run per network"),
             ("img", "confusion_matrices.png", "Confusion matrices of the best run per network"),
         ]
+    for b in best:
+        if b["gradcam"]:
+            blocks.append(("img", b["gradcam"].name, f"Grad-CAM on test images, {b['title']}"))
     blocks += [
         ("h2", "Training"),
         ("img", "learning_curves.png", "Learning curves"),
@@ -355,7 +364,8 @@ def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> l
 
     (out / "report.md").write_text(_markdown(blocks))
     (out / "report.html").write_text(_html(blocks, out, study.experiment))
-    files = [out / name for name in csvs] + list(pngs.values()) + [out / "report.md", out / "report.html"]
+    gradcams = [b["gradcam"] for b in best if b["gradcam"]]
+    files = [out / name for name in csvs] + list(pngs.values()) + gradcams + [out / "report.md", out / "report.html"]
     if study.parent_id:
         for path in files:
             study.client.log_artifact(study.parent_id, str(path), "report")

@@ -32,6 +32,7 @@ ARTIFACTS = {
     "learning_curves.png",
     "confusion_matrix.png",
     "roc_curve.png",
+    "gradcam_panel.png",
     "model_summary.txt",
     "config.yaml",
     "data_record.json",
@@ -142,5 +143,7 @@ def test_two_seed_sweep_then_report(tmp_path):
     assert sorted(table.dropout) == [0.0, 0.5] and table.n.tolist() == [2, 2]
     assert {"test_auc_mean", "test_auc_ci_low", "test_auc_ci_high"} <= set(table.columns)
     assert table.test_auc_ci_low.notna().all()
-    for name in ("report.md", "report.html", "learning_curves.png", "roc_curves.png"):
+    # gradcam_cnn.png: the best cnn run's Grad-CAM panel, shown in the report.
+    assert "gradcam_cnn.png" in (out / "report.md").read_text()
+    for name in ("report.md", "report.html", "learning_curves.png", "roc_curves.png", "gradcam_cnn.png"):
         assert (out / name).stat().st_size > 0

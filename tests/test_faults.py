@@ -1,0 +1,372 @@
+"""Fault injection: parallel writers, kill -9, SIGTERM and Ctrl-C, a dead worker, NaN, bad config, a lost server;
+and the security checks that can be run (no unsafe loading, no config-chosen targets, no password in a record).
+
+See docs/reliability.md for what the framework does in each case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import DATA_ROOT, PROJECT, compose_config
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from omegaconf import open_dict
+from test_scaleout import (
+    TINY,
+    ablation,
+    assert_complete,
+    finish,
+    job_runs,
+    kill_group,
+    listening_hosts,
+    mlflow_server,
+    run,
+    runs_by_role,
+    spawn,
+    wait_for,
+)
+
+from ablation import tracking
+from ablation.config import ConfigError
+
+# ---------------------------------------------------------------- parallel writers on a fresh SQLite store
+
+
+@pytest.mark.slow
+def test_four_parallel_jobs_share_a_fresh_sqlite_store_and_a_nan_fails_only_its_run(request, tmp_path, cache_dir):
+    """Four joblib workers create, migrate and write one new SQLite store at once; lr=1e30 gives a NaN loss."""
+    runs = tmp_path / "runs"
+    status, output = run(
+        request,
+        tmp_path,
+        "four",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "batchnorm=false",
+        "dropout=0,0.5",
+        "optimizer.lr=1e-3,1e30",
+        "epochs=2",
+        "tracking.experiment=four",
+        *TINY,
+        runs=runs,
+        cache=cache_dir,
+    )
+    assert status == 1, output[-5000:]  # the sweep ran through, and says that jobs failed
+    assert "database is locked" not in output and "No such constraint" not in output
+
+    uri = f"sqlite:///{runs}/mlflow.db"
+    assert sorted(e.name for e in mlflow.MlflowClient(uri).search_experiments()) == ["Default", "four"]
+    client, parents, children = runs_by_role(uri, "four")
+    assert len(parents) == 1 and len(children) == 4
+    assert parents[0].info.status == "FAILED" and parents[0].data.tags["error"] == "2 of 4 jobs failed"
+    assert len({r.data.tags["ablation.pid"] for r in children}) >= 2  # really in parallel workers
+    finite = [r for r in children if r.data.params["optimizer.lr"] == "0.001"]
+    exploded = [r for r in children if r.data.params["optimizer.lr"] != "0.001"]
+    assert len(finite) == len(exploded) == 2
+    for child in finite:  # one value per epoch, no duplicate from a retried write
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert_complete(client, child, epochs=2)
+    for child in exploded:
+        assert child.info.status == "FAILED"
+        assert child.data.tags["error"].startswith("NonFiniteLossError: non-finite training loss at epoch 1")
+        assert "test_auc" not in child.data.metrics
+    assert output.count("FAILED: ") == 2 and "NonFiniteLossError" in output  # named in the table's footer
+
+
+# ---------------------------------------------------------------- kill -9, resume; a worker killed by the OS
+
+RESUME_SWEEP = ["-m", "epochs=1,5,60", "tracking.experiment=resume", *TINY]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(request, tmp_path_factory, cache_dir) -> dict:
+    """One store, two invocations of one sweep (1, 5 and 60 epochs), each killed with SIGKILL mid-epoch.
+
+    1st, one process (basic launcher): the 1-epoch job finishes; `kill -9` of the process group during the
+    5-epoch job's 2nd epoch. 2nd, the same sweep with two joblib workers: the 1-epoch job is SKIPPED, the
+    5-epoch job re-runs; once it FINISHED, SIGKILL of the worker running the 60-epoch job.
+    """
+    tmp_path = tmp_path_factory.mktemp("resume")
+    runs, db = tmp_path / "runs", tmp_path / "runs" / "mlflow.db"
+    state: dict = {"runs": runs}
+
+    log = tmp_path / "first.log"
+    proc = spawn(request, ablation(*RESUME_SWEEP, runs=runs, cache=cache_dir), log)
+
+    def five_epoch_job_training():
+        return [r for r in job_runs(db) if r["epochs"] == "5" and r["status"] == "RUNNING" and r["losses"] >= 1]
+
+    [state["killed"]] = wait_for(five_epoch_job_training, 400, "an epoch of the 5-epoch job", log, proc)
+    kill_group(proc)  # kill -9 of the whole sweep, launcher and job alike
+    state["after_kill"] = {r["run_id"]: r for r in job_runs(db)}
+
+    log = state["second_log"] = tmp_path / "second.log"
+    args = [*RESUME_SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]  # the launcher is not the config
+    proc = spawn(request, ablation(*args, runs=runs, cache=cache_dir), log)
+
+    def rerun_done_long_training():
+        jobs = job_runs(db)
+        rerun = [r for r in jobs if r["epochs"] == "5" and r["run_id"] != state["killed"]["run_id"]]
+        long = [r for r in jobs if r["epochs"] == "60" and r["status"] == "RUNNING" and r["losses"] >= 1]
+        return long[0] if rerun and rerun[0]["status"] == "FINISHED" and long else None
+
+    state["worker"] = wait_for(rerun_done_long_training, 400, "the re-run FINISHED beside a training job", log, proc)
+    os.kill(int(state["worker"]["pid"]), signal.SIGKILL)  # the OOM killer, say: one worker process only
+    start = time.monotonic()
+    state["second_output"] = finish(proc, log, 120)
+    state["second_exit"], state["second_seconds"] = proc.returncode, time.monotonic() - start
+    return state
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_the_next_invocation_marks_it_killed_and_reruns_only_it(killed_and_resumed):
+    state = killed_and_resumed
+    killed = state["killed"]
+    assert state["after_kill"][killed["run_id"]]["status"] == "RUNNING"  # nothing could end it
+    assert [r["status"] for r in state["after_kill"].values() if r["epochs"] == "1"] == ["FINISHED"]
+    assert sorted(r["epochs"] for r in state["after_kill"].values()) == ["1", "5"]  # the 60-epoch job never started
+
+    output = state["second_output"]
+    assert f"marked stale run {killed['run_id']} KILLED" in output
+    assert "skipped (already FINISHED as run" in output and output.count("skipped (already FINISHED") == 1
+    client, parents, children = runs_by_role(f"sqlite:///{state['runs']}/mlflow.db", "resume")
+    dead = client.get_run(killed["run_id"])
+    assert dead.info.status == "KILLED"
+    assert dead.data.tags["error"] == f"process {killed['pid']} died while the run was RUNNING"
+    assert len(client.get_metric_history(killed["run_id"], "loss")) >= 1  # what it logged is kept
+    assert sorted(r.data.params["epochs"] for r in children) == ["1", "5", "5", "60"]  # the 1-epoch job ran once
+    [rerun] = [r for r in children if r.data.params["epochs"] == "5" and r.info.run_id != killed["run_id"]]
+    assert_complete(client, rerun, epochs=5)
+    assert rerun.data.tags["ablation.config_hash"] == dead.data.tags["ablation.config_hash"]
+    first_parent = dead.data.tags["mlflow.parentRunId"]
+    assert client.get_run(first_parent).info.status == "KILLED"  # its launcher died too: reaped with it
+
+
+@pytest.mark.slow
+def test_a_killed_joblib_worker_does_not_lose_the_other_jobs_records(killed_and_resumed):
+    state = killed_and_resumed
+    assert state["second_exit"] != 0 and state["second_seconds"] < 120  # the sweep stops, and says so
+    assert "TerminatedWorkerError" in state["second_output"], state["second_output"][-3000:]
+
+    client, parents, children = runs_by_role(f"sqlite:///{state['runs']}/mlflow.db", "resume")
+    victim = state["worker"]["run_id"]
+    [rerun] = [r for r in children if r.data.params["epochs"] == "5" and r.info.status != "KILLED"]
+    assert_complete(client, rerun, epochs=5)  # the other job's records, all there
+    [parent] = [p for p in parents if p.info.run_id == rerun.data.tags["mlflow.parentRunId"]]
+    sweep_dir = Path(parent.data.tags["ablation.sweep_dir"])
+    jobs = [json.loads(line) for line in (sweep_dir / "jobs.jsonl").read_text().splitlines()]
+    assert sorted(j["status"] for j in jobs) == ["FINISHED", "SKIPPED"]  # the dead job alone has no line
+    killed = client.get_run(victim)
+    assert killed.info.status == "RUNNING" and len(client.get_metric_history(victim, "loss")) >= 1
+    # What the next invocation does first: the dead worker's run and the dead launcher's parent end KILLED.
+    assert set(tracking.reap_stale_runs(client, rerun.info.experiment_id)) == {victim, parent.info.run_id}
+    assert client.get_run(victim).info.status == "KILLED"
+
+
+# ---------------------------------------------------------------- SIGTERM (scancel) and Ctrl-C
+
+
+@pytest.mark.slow
+def test_sigterm_and_ctrl_c_end_the_run_killed_with_the_reason(request, tmp_path, cache_dir):
+    procs = {}
+    for name, mode in (("sigterm", ["-m"]), ("sigint", [])):  # SIGTERM in a sweep, Ctrl-C in a single run
+        runs = tmp_path / name
+        args = [*mode, "epochs=60", f"tracking.experiment={name}", *TINY]
+        procs[name] = (spawn(request, ablation(*args, runs=runs, cache=cache_dir), tmp_path / f"{name}.log"), runs)
+    for name, (proc, runs) in procs.items():
+        db = runs / "mlflow.db"
+        wait_for(lambda db=db: [r for r in job_runs(db) if r["losses"] >= 1], 400, f"{name}: an epoch", proc=proc)
+    kill_group(procs["sigterm"][0], signal.SIGTERM)  # what scancel and `kill` send
+    kill_group(procs["sigint"][0], signal.SIGINT)  # what Ctrl-C sends the foreground process group
+    for name, (proc, runs) in procs.items():
+        output = finish(proc, tmp_path / f"{name}.log", 90)
+        assert proc.returncode != 0, output[-3000:]
+        client, parents, [child] = runs_by_role(f"sqlite:///{runs}/mlflow.db", name)
+        assert child.info.status == "KILLED"
+        reason = "interrupted (signal SIGTERM)" if name == "sigterm" else "interrupted (Ctrl-C)"
+        assert child.data.tags["error"] == reason
+        assert len(client.get_metric_history(child.info.run_id, "loss")) >= 1
+        if name == "sigterm":  # the sweep's parent ends with it, and the job is in the sweep's record
+            assert [p.info.status for p in parents] == ["KILLED"]
+            jobs = (Path(parents[0].data.tags["ablation.sweep_dir"]) / "jobs.jsonl").read_text()
+            assert json.loads(jobs)["status"] == "KILLED"
+        else:
+            assert parents == []
+
+
+# ---------------------------------------------------------------- out-of-range config: refused, nothing recorded
+
+REFUSED = [
+    ("dropout=1.5", "dropout=1.5 is not allowed: a float in [0, 1)"),
+    ("epochs=0", "epochs=0 is not allowed: an int >= 1"),
+    ("data.image_size=0", "data.image_size=0 is not allowed: an int >= "),
+    ("data.root=/nonexistent/chest_xray", "data.root='/nonexistent/chest_xray' is not allowed: an existing folder"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), REFUSED)
+def test_an_out_of_range_value_is_refused_before_any_run_exists(tmp_path, cache_dir, override, message):
+    """run_job itself, as `python -m ablation` calls it: the error names key, value and what is allowed."""
+    from ablation.job import run_job
+
+    runs = tmp_path / "runs"
+    cfg = compose_config(*TINY, f"paths.runs={runs}", f"data.root={DATA_ROOT}", override, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+        cfg.hydra.job.num = 0
+        cfg.data.cache_dir = str(cache_dir)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with pytest.raises(ConfigError) as refused:
+            run_job(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert str(refused.value).startswith(message)
+    assert not runs.exists() or not any(runs.iterdir())  # no store, no experiment, no run
+
+
+def test_an_unknown_model_is_refused_with_the_list_of_models():
+    with pytest.raises(ConfigCompositionException) as refused:
+        compose_config("model=vgg")
+    assert "Could not find 'model/vgg'" in str(refused.value)
+    assert all(name in str(refused.value) for name in ("cnn", "resnet18", "resnet50"))
+
+
+@pytest.mark.slow
+def test_refusals_from_the_command_line_exit_non_zero_and_leave_no_store(request, tmp_path, cache_dir):
+    procs = {}
+    for i, override in enumerate(["dropout=1.5", "model=vgg", "data.root=/nonexistent/chest_xray"]):
+        runs = tmp_path / f"runs{i}"
+        log = tmp_path / f"refused{i}.log"
+        args = [a for a in TINY if not a.startswith("model=")] + [override]
+        procs[override] = (spawn(request, ablation(*args, runs=runs, cache=cache_dir), log), log, runs)
+    for override, (proc, log, runs) in procs.items():
+        output = finish(proc, log, 180)
+        assert proc.returncode == 1, output[-3000:]
+        key = override.split("=")[0]
+        assert f"{key}=" in output or f"'{key}/" in output, output[-3000:]
+        assert not (runs / "mlflow.db").exists() and not (runs / "mlartifacts").exists()
+
+
+# ---------------------------------------------------------------- the tracking server goes away mid-run
+
+
+@pytest.mark.slow
+def test_tracking_server_going_away_fails_the_run_loudly_within_a_bound(request, tmp_path, cache_dir):
+    store = tmp_path / "server.db"
+    url, server = mlflow_server(request, tmp_path, f"sqlite:///{store}")
+    port = int(url.rsplit(":", 1)[1])
+    assert listening_hosts(port) == {"127.0.0.1"}
+    log = tmp_path / "away.log"
+    secret_url = url.replace("http://", "http://bob:hunter2-pw@")
+    args = ["tracking=server", f"tracking.uri={secret_url}", "epochs=60", "tracking.experiment=away", *TINY]
+    # Two retries (after 0 and 2 s) instead of tracking.HTTP_DEFAULTS' five, to keep the test short.
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+    proc = spawn(request, ablation(*args, runs=tmp_path / "runs", cache=cache_dir), log, env)
+    client = mlflow.MlflowClient(url)
+
+    def training():
+        exp = client.get_experiment_by_name("away")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        return [r for r in runs if len(client.get_metric_history(r.info.run_id, "loss")) >= 1]
+
+    [running] = wait_for(training, 400, "an epoch logged through the server", log, proc, interval=1)
+    kill_group(server)  # the server dies (SIGKILL): connections refused from now on
+    start = time.monotonic()
+    output = finish(proc, log, 180)
+    elapsed = time.monotonic() - start
+    # A few seconds of retries for the failed write, as many to try to mark the run FAILED, then exit 1.
+    assert proc.returncode == 1 and elapsed < 45, (elapsed, output[-3000:])
+    assert "job failed" in output and "Max retries exceeded" in output and "Connection refused" in output
+    assert "/api/2.0/mlflow/runs/log-batch" in output  # which call failed
+
+    # The server's own store: the run stays RUNNING (nobody could tell the server), its epochs are kept,
+    # and nothing it recorded holds the password.
+    direct = mlflow.MlflowClient(f"sqlite:///{store}")
+    stale = direct.get_run(running.info.run_id)
+    assert stale.info.status == "RUNNING" and len(direct.get_metric_history(stale.info.run_id, "loss")) >= 1
+    assert stale.data.params["tracking.uri"] == url.replace("http://", "http://bob:***@")
+    assert "hunter2-pw" not in json.dumps([stale.data.params, stale.data.tags, stale.info.run_name])
+    # Once the server is back, the next invocation on this host finds the dead pid and marks the run KILLED.
+    assert tracking.reap_stale_runs(direct, stale.info.experiment_id) == [stale.info.run_id]
+    assert direct.get_run(stale.info.run_id).info.status == "KILLED"
+
+
+# ---------------------------------------------------------------- security checks
+
+SOURCES = sorted(p for d in ("ablation", "analysis") for p in (PROJECT / d).rglob("*.py"))
+UNSAFE = {
+    r"\bpickle\.loads?\(": "pickle of any origin",
+    r"\bcloudpickle\b": "cloudpickle",
+    r"\bjoblib\.load\(": "joblib.load (pickle)",
+    r"allow_pickle\s*=\s*True": "np.load with pickles",
+    r"safe_mode\s*=\s*False": "Keras unsafe mode",
+    r"enable_unsafe_deserialization": "Keras unsafe deserialization",
+    r"\binstantiate\(": "hydra.utils.instantiate on config values",
+    r"(?<![.\w])eval\(|(?<![.\w])exec\(": "eval/exec",
+    r"\btorch\.load\(": "torch.load (pickle)",
+}
+
+
+def test_no_code_loads_untrusted_pickles_or_instantiates_config_values():
+    assert SOURCES
+    for path in SOURCES:
+        text = path.read_text()
+        for pattern, what in UNSAFE.items():
+            assert not re.search(pattern, text), f"{path.relative_to(PROJECT)}: {what}"
+        for call in re.findall(r"load_model\([^)]*\)", text):  # every model load in Keras' safe mode
+            assert "safe_mode=True" in call, f"{path.relative_to(PROJECT)}: {call}"
+
+
+def test_the_only_target_in_the_configs_is_the_sweep_summary_callback():
+    targets = {
+        (path.relative_to(PROJECT).as_posix(), line.split(":", 1)[1].strip())
+        for path in (PROJECT / "conf").rglob("*.yaml")
+        for line in path.read_text().splitlines()
+        if line.strip().startswith("_target_:")
+    }
+    assert targets == {("conf/hydra/default.yaml", "ablation.tracking.SweepSummary")}
+
+
+def test_a_callback_target_typed_on_the_command_line_is_blocked_by_hydra(request, tmp_path):
+    """The command line is the user's own shell; still, hydra-core>=1.3.6 refuses execution-capable targets."""
+    marker = tmp_path / "pwned"
+    log = tmp_path / "inject.log"
+    for target in ("os.system", "logging.os.system"):  # the second: an alias, GHSA-37p2-j732-x8pj
+        inject = f'+hydra.callbacks.x={{_target_:{target},_args_:["touch {marker}"]}}'
+        quick = "~hydra.callbacks.sweep_summary"  # it would import TensorFlow first: not needed here
+        proc = spawn(request, [sys.executable, "-m", "ablation", quick, inject, f"paths.runs={tmp_path}"], log)
+        output = finish(proc, log, 180)
+        assert proc.returncode == 1 and "is blocklisted" in output, output[-3000:]
+        assert not marker.exists()
+
+
+def test_redact_strips_passwords_from_uris_overrides_and_messages():
+    assert tracking.redact("postgresql://u:p@db:5432/mlflow") == "postgresql://u:***@db:5432/mlflow"
+    assert tracking.redact("tracking.uri=http://a:b@h:1") == "tracking.uri=http://a:***@h:1"
+    assert tracking.redact("https://u:p@ss@h/x") == "https://u:***@h/x"  # an unescaped @ in the password
+    assert (
+        tracking.redact("API request to http://u:pw@h:5000/api failed")
+        == "API request to http://u:***@h:5000/api failed"
+    )
+    for plain in ("http://h:5000", "sqlite:////tmp/mlflow.db", "file:///a/b", "user@host", "a:b@c", "0.5"):
+        assert tracking.redact(plain) == plain
+
+
+def test_http_tracking_uris_get_bounded_retries_that_the_environment_can_override(monkeypatch):
+    for key in tracking.HTTP_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    tracking.client("http://127.0.0.1:9")  # no request is made
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"

@@ -1,0 +1,185 @@
+"""The MLflow UI of the README, on a real 2-job sweep: its REST API and its runs page in headless Chromium.
+
+Starts `mlflow ui --backend-store-uri sqlite:///... --host 127.0.0.1 --port PORT` (the README's command on
+a free port) and always stops it. Needs Debian's `chromium` (/usr/bin/chromium): without it this test
+fails rather than skips. The screenshot is kept as runs/test-artifacts/mlflow_ui.png for people to see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT, run_ablation
+from PIL import Image
+
+CHROMIUM = "/usr/bin/chromium"
+MLFLOW = Path(sys.executable).parent / "mlflow"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=15000",  # the page's API calls and rendering finish within it
+    "--window-size=1400,900",
+]
+STARTUP_S = 90
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory, cache_dir) -> Path:
+    runs = tmp_path_factory.mktemp("ui") / "runs"
+    done = run_ablation(
+        "-m",
+        "model=cnn",
+        "dropout=0,0.5",
+        "data.image_size=32",
+        "data.max_train_per_class=32",
+        "epochs=1",
+        "tracking.experiment=ui",
+        "trainer.verbose=0",
+        f"data.cache_dir={cache_dir}",
+        runs=runs,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return runs
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(sweep_store, tmp_path_factory):
+    """The UI's base URL; the server (its whole process group) is stopped whatever the test does."""
+    assert MLFLOW.is_file(), f"{MLFLOW} missing: install the project's dependencies"
+    port = _free_port()
+    log = tmp_path_factory.mktemp("ui-log") / "mlflow-ui.log"
+    command = [
+        str(MLFLOW),
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{sweep_store}/mlflow.db",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # No background job runner: this server only serves the UI, and the cores are busy.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            command, cwd=sweep_store.parent, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            assert server.poll() is None, f"mlflow ui exited {server.returncode}:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, f"mlflow ui not up after {STARTUP_S} s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield base
+    finally:
+        # The server's own process group: uvicorn and anything it started, and nothing else.
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+
+
+def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install -y chromium"
+    done = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_ui_serves_the_sweep_and_renders_its_runs(mlflow_ui, tmp_path):
+    query = urllib.parse.urlencode({"experiment_name": "ui"})
+    experiment = _get(f"{mlflow_ui}/api/2.0/mlflow/experiments/get-by-name?{query}")["experiment"]
+    experiment_id = experiment["experiment_id"]
+    found = _post(f"{mlflow_ui}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id], "max_results": 100})
+    runs = found["runs"]
+    roles = sorted(next(t["value"] for t in run["data"]["tags"] if t["key"] == "ablation.role") for run in runs)
+    assert roles == ["job", "job", "sweep"]
+    jobs = [r for r in runs if {"key": "ablation.role", "value": "job"} in r["data"]["tags"]]
+    dropouts = set()
+    for job in jobs:
+        assert job["info"]["status"] == "FINISHED"
+        metrics = {m["key"]: m["value"] for m in job["data"]["metrics"]}
+        assert 0 <= metrics["test_auc"] <= 1 and "threshold" in metrics
+        params = {p["key"]: p["value"] for p in job["data"]["params"]}
+        dropouts.add(float(params["dropout"]))
+    assert dropouts == {0.0, 0.5}
+
+    # MLflow 3 opens an experiment on its GenAI overview; the runs table is the "Model training" view.
+    # Filtering on a metric lists the two jobs themselves, not their collapsed sweep parent.
+    view = {
+        "workflowType": "machine_learning",
+        "searchFilter": "metrics.test_auc >= 0",
+        "orderByKey": "metrics.`test_auc`",
+        "orderByAsc": "false",
+    }
+    page = f"{mlflow_ui}/#/experiments/{experiment_id}/runs?{urllib.parse.urlencode(view)}"
+    dom = _chromium(tmp_path / "profile-dom", "--dump-dom", page).stdout
+    assert "<strong>2</strong> matching runs" in dom, dom[-3000:]
+    for dropout in ("0", "0.5"):
+        assert f"model=cnn, dropout={dropout}," in dom  # each job's run name: its overrides
+
+    shot = tmp_path / "mlflow_ui.png"
+    _chromium(tmp_path / "profile-shot", f"--screenshot={shot}", page)
+    with Image.open(shot) as image:
+        assert image.format == "PNG" and image.size == (1400, 900)
+        colours = image.convert("RGB").getcolors(1 << 24)
+    assert len(colours) > 200, f"a near-blank page: {len(colours)} colours"
+    keep = PROJECT / "runs" / "test-artifacts"
+    try:
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, keep / "mlflow_ui.png")
+    except OSError:
+        pass  # a read-only checkout still passes; the copy is only for people to look at

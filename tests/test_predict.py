@@ -1,0 +1,237 @@
+"""`python -m ablation.predict` on X-rays as users have them, with the model of a real logged run.
+
+One tiny run is trained through the CLI for the whole module; the images are real test X-rays turned
+back into what the original Kaggle download holds: grayscale JPEGs of any size, a PNG, an RGB file,
+and one truncated file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATA_ROOT, PROJECT, run_ablation
+from mlflow.entities import RunStatus
+from PIL import Image
+
+from ablation import predict
+from ablation.data import decode_image
+
+SIZES = [(517, 389), (1024, 768), (389, 517), (640, 480)]
+
+
+@dataclass
+class Trained:
+    runs: Path
+    uri: str
+    run_id: str
+    threshold: float
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir) -> Trained:
+    runs = tmp_path_factory.mktemp("predict") / "runs"
+    done = run_ablation(
+        "model=cnn",
+        "data.image_size=32",
+        "data.max_train_per_class=32",
+        "epochs=1",
+        "tracking.experiment=predict",
+        "trainer.verbose=0",
+        f"data.cache_dir={cache_dir}",
+        runs=runs,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    uri = f"sqlite:///{runs}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("predict")
+    [run] = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'job'")
+    assert run.info.status == "FINISHED"
+    return Trained(runs, uri, run.info.run_id, run.data.metrics["threshold"])
+
+
+@dataclass
+class ValFolder:
+    root: Path
+    images: list[Path]  # the 16 readable ones
+    corrupt: Path
+
+
+@pytest.fixture(scope="module")
+def val_folder(tmp_path_factory) -> ValFolder:
+    """val/{NORMAL,PNEUMONIA}: 8 + 8 real X-rays in the original download's form, and one truncated JPEG."""
+    root = tmp_path_factory.mktemp("download") / "val"
+    images = []
+    for name in ("NORMAL", "PNEUMONIA"):
+        (root / name).mkdir(parents=True)
+        for i, src in enumerate(sorted((DATA_ROOT / "test" / name).iterdir())[:8]):
+            with Image.open(src) as image:
+                gray = image.convert("L").resize(SIZES[i % len(SIZES)], Image.Resampling.BICUBIC)
+            if i == 0:
+                dst = root / name / f"{src.stem}.png"
+                gray.save(dst)
+            elif i == 1:
+                dst = root / name / src.name
+                gray.convert("RGB").save(dst, quality=90)
+            elif i == 2:
+                dst = root / name / f"{src.stem}.JPEG"  # suffixes match in any case
+                gray.save(dst, format="JPEG", quality=90)
+            else:
+                dst = root / name / src.name
+                gray.save(dst, quality=90)
+            images.append(dst)
+    whole = images[3].read_bytes()
+    corrupt = root / "NORMAL" / "IM-9999-0001.jpeg"
+    corrupt.write_bytes(whole[: len(whole) // 3])  # a download cut short
+    (root / "NORMAL" / "notes.txt").write_text("not an image: left out of a folder")
+    (root / ".thumbs").mkdir()
+    (root / ".thumbs" / "x.jpeg").write_bytes(b"hidden: left out")
+    return ValFolder(root, images, corrupt)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def _predict_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "ablation.predict", *args]
+    env = {**_env(), "PYTHONPATH": str(PROJECT)}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["file", "probability", "label"]
+        return list(reader)
+
+
+def test_folder_of_original_xrays_with_a_corrupt_file(trained, val_folder, tmp_path):
+    out, explain = tmp_path / "predictions.csv", tmp_path / "gradcam"
+    done = _predict_cli(
+        "--run-id",
+        trained.run_id,
+        "--tracking-uri",
+        trained.uri,
+        "--out",
+        str(out),
+        "--explain",
+        str(explain),
+        str(val_folder.root),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+
+    rows = _read_csv(out)
+    assert len(rows) == 16
+    assert {row["file"] for row in rows} == {str(p) for p in val_folder.images}
+    for row in rows:
+        p = float(row["probability"])
+        assert 0 <= p <= 1
+        assert row["label"] == ("PNEUMONIA" if p >= trained.threshold else "NORMAL")
+
+    failed = [line for line in done.stderr.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1, done.stderr[-3000:]
+    assert str(val_folder.corrupt) in failed[0] and "truncated" in failed[0], failed[0]
+    assert "notes.txt" not in done.stderr and ".thumbs" not in done.stderr
+    assert f"run {trained.run_id}: cnn at 32 px" in done.stderr
+
+    pngs = sorted(explain.rglob("*.png"))
+    expected = sorted(explain / p.relative_to(val_folder.root).with_suffix(".png") for p in val_folder.images)
+    assert pngs == expected
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.mode == "RGB" and image.size == (256, 256)
+
+
+def test_preprocessing_follows_the_logged_config_and_best_run_is_selected(
+    trained, val_folder, tmp_path, monkeypatch, capsys
+):
+    """The model sees exactly `decode_image(file, 32)` (the run's data.image_size, not the 224 default),
+    and the run's own test X-rays get the probabilities the run logged for them."""
+    seen = []
+    real = predict.probabilities
+
+    def spy(model, images, batch_size=32):
+        seen.append(images.copy())
+        return real(model, images, batch_size)
+
+    monkeypatch.setattr(predict, "probabilities", spy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(trained.runs.parent)  # the default store: ./runs/mlflow.db
+    logged = pd.read_csv(
+        mlflow.MlflowClient(trained.uri).download_artifacts(trained.run_id, "test_predictions.csv", str(tmp_path))
+    )
+    originals = [Path(f) for f in logged.file.iloc[[0, 1, -2, -1]]]  # two NORMAL, two PNEUMONIA
+    files = [val_folder.images[1], val_folder.images[8], *originals]  # 1024x768 RGB, 517x389 PNG, 224 px JPEGs
+    out = tmp_path / "best.csv"
+
+    code = predict.main(["--experiment", "predict", "--best", "test_auc", "--out", str(out), *map(str, files)])
+    assert code == 0
+    assert f"best run of 'predict' by test_auc: {trained.run_id}" in capsys.readouterr().err
+
+    [inputs] = seen
+    assert inputs.shape == (len(files), 32, 32, 1) and inputs.dtype == np.float32
+    np.testing.assert_array_equal(inputs[..., 0], np.stack([decode_image(f, 32) for f in files]))
+    rows = _read_csv(out)
+    assert [row["file"] for row in rows] == list(map(str, files))
+    expected = logged.set_index("file").probability.loc[list(map(str, originals))].to_numpy()
+    np.testing.assert_allclose([float(r["probability"]) for r in rows[2:]], expected, atol=1e-5)
+
+
+def test_what_cannot_be_used_is_refused_with_exit_status_2(trained, tmp_path, capsys):
+    image = str(sorted((DATA_ROOT / "test" / "NORMAL").iterdir())[0])
+    out = str(tmp_path / "p.csv")
+    assert predict.main(["--run-id", "0" * 32, "--tracking-uri", trained.uri, "--out", out, image]) == 2
+    assert f"no run {'0' * 32}" in capsys.readouterr().err
+    missing = f"sqlite:///{tmp_path}/nowhere/mlflow.db"
+    assert predict.main(["--run-id", trained.run_id, "--tracking-uri", missing, "--out", out, image]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+    assert predict.main(["--experiment", "nope", "--tracking-uri", trained.uri, "--out", out, image]) == 2
+    assert "no experiment named 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--run-id", trained.run_id, "--best", "test_auc", image])
+    assert exit_info.value.code == 2
+
+
+def test_best_run_is_the_finished_job_with_the_best_metric(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("study", artifact_location=(tmp_path / "artifacts").as_uri())
+
+    def run(role: str, status: RunStatus, **metrics: float) -> str:
+        run_id = client.create_run(experiment, tags={predict.ROLE: role}).info.run_id
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        client.set_terminated(run_id, RunStatus.to_string(status))
+        return run_id
+
+    good = run("job", RunStatus.FINISHED, test_auc=0.9, val_loss=0.4)
+    low_loss = run("job", RunStatus.FINISHED, test_auc=0.7, val_loss=0.2)
+    run("job", RunStatus.FAILED, test_auc=0.99, val_loss=0.1)
+    run("sweep", RunStatus.FINISHED, test_auc=1.0, val_loss=0.0)
+    run("job", RunStatus.FINISHED)  # no metrics at all
+
+    assert predict.best_run(client, "study", "test_auc").info.run_id == good
+    assert predict.best_run(client, "study", "val_loss").info.run_id == low_loss
+    with pytest.raises(predict.PredictError, match="has the metric 'f1'"):
+        predict.best_run(client, "study", "f1")
+
+
+def test_find_images_searches_folders_recursively_in_any_case(tmp_path):
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for name in ("a/x.JPG", "a/deep/y.jpeg", "a/deep/z.Png", "a/readme.md", "a/.hidden.jpeg", "b.bmp"):
+        (tmp_path / name).write_bytes(b"")
+    found, problems = predict.find_images([tmp_path / "a", tmp_path / "b.bmp", tmp_path / "gone", tmp_path / "a/deep"])
+    assert [str(rel) for _, rel in found] == ["deep/y.jpeg", "deep/z.Png", "x.JPG", "b.bmp", "y.jpeg", "z.Png"]
+    assert problems == {str(tmp_path / "gone"): "no such file or folder"}
+    (tmp_path / "empty").mkdir()
+    assert "no .jpeg/.jpg/.png files" in predict.find_images([tmp_path / "empty"])[1][str(tmp_path / "empty")]
