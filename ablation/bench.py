@@ -64,6 +64,11 @@ def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
 
 
+def paired_ratio(top: list[float], bottom: list[float]) -> float:
+    """Median of the per-round ratios: each pair was measured back to back, under the same load."""
+    return median(a / b for a, b in zip(top, bottom, strict=True))
+
+
 def compose(*overrides: str) -> DictConfig:
     """The project's root config with `overrides`, composed as `python -m ablation` would."""
     from hydra import compose as hydra_compose
@@ -198,7 +203,7 @@ def step_rate(model: keras.Model, batches: list[tuple[tf.Tensor, tf.Tensor]], st
 def hidden_fraction(make_ds: Callable[[], tf.data.Dataset], batches: int, repeats: int = 3) -> float:
     """How much of the pipeline's time a training step hides (1: all of it, 0: none, they run in turn).
 
-    The consumer is a simulated accelerator: it sleeps twice the pipeline's own time per batch, as a
+    The consumer is a simulated accelerator: it sleeps three times the pipeline's own time per batch, as a
     GPU step leaves the CPU free. With working prefetch the pass takes as long as the consumer alone;
     with a serial pipeline the pipeline's time adds to it. Median of `repeats` measurements.
     """
@@ -211,7 +216,7 @@ def hidden_fraction(make_ds: Callable[[], tf.data.Dataset], batches: int, repeat
         for _ in ds:
             pass
         producer = time.perf_counter() - start
-        step = 2 * producer / batches
+        step = 3 * producer / batches
         start = time.perf_counter()
         for _ in ds:
             time.sleep(step)
@@ -255,19 +260,21 @@ def measure_pipeline(
         with op_determinism(False):
             runs["xray_free"].append(epoch_rate(make_ds()))
         log(f"pipeline round {r}: " + ", ".join(f"{k} {v[-1][0]:.0f} img/s {v[-1][1]:.2f} ms" for k, v in runs.items()))
-    rate = {name: median(v[0] for v in values[1:]) for name, values in runs.items()}
-    cpu = {name: median(v[1] for v in values[1:]) for name, values in runs.items()}
+    rates = {name: [v[0] for v in values[1:]] for name, values in runs.items()}
+    cpus = {name: [v[1] for v in values[1:]] for name, values in runs.items()}
+    rate = {name: median(values) for name, values in rates.items()}
+    cpu = {name: median(values) for name, values in cpus.items()}
     with op_determinism(deterministic):
-        hidden = hidden_fraction(make_ds, 60)
+        hidden = hidden_fraction(make_ds, 80)
     with op_determinism(False):
-        hidden_free = hidden_fraction(make_ds, 60)
+        hidden_free = hidden_fraction(make_ds, 80)
     return {
         "pipeline_img_s": round(rate["xray"], 1),
         "cnn_train_img_s": round(rate["cnn"], 1),
-        "pipeline_over_cnn": round(rate["xray"] / rate["cnn"], 2),
+        "pipeline_over_cnn": round(paired_ratio(rates["xray"], rates["cnn"]), 2),
         "pipeline_cpu_ms_per_img": round(cpu["xray"], 3),
         "cnn_cpu_ms_per_img": round(cpu["cnn"], 3),
-        "pipeline_over_cnn_cpu": round(cpu["cnn"] / cpu["xray"], 2),
+        "pipeline_over_cnn_cpu": round(paired_ratio(cpus["cnn"], cpus["xray"]), 2),
         "pipeline_hidden_fraction": round(hidden, 2),
         "pipeline_nondeterministic_img_s": round(rate["xray_free"], 1),
         "pipeline_nondeterministic_hidden_fraction": round(hidden_free, 2),
@@ -330,14 +337,14 @@ def measure_epochs(cfg: DictConfig, data: ChestXray, model: keras.Model, images:
         "epoch_images": n,
         "naive_epoch_s": round(naive, 2),
         "epoch_s": round(ours, 2),
-        "naive_over_ours": round(naive / ours, 3),
+        "naive_over_ours": round(paired_ratio(times["naive"], times["ours"]), 3),
         "epoch_img_s": round(n / ours, 1),
         "epoch_xray_s": round(xray, 2),
-        "xray_epoch_overhead": round(xray / ours - 1, 3),
+        "xray_epoch_overhead": round(paired_ratio(times["ours_xray"], times["ours"]) - 1, 3),
         # CPU seconds of this process: what each feed costs, whatever else the machine runs.
         "naive_epoch_cpu_s": round(median(cpu["naive"]), 2),
         "epoch_cpu_s": round(median(cpu["ours"]), 2),
-        "naive_over_ours_cpu": round(median(cpu["naive"]) / median(cpu["ours"]), 3),
+        "naive_over_ours_cpu": round(paired_ratio(cpu["naive"], cpu["ours"]), 3),
         "epoch_xray_cpu_s": round(median(cpu["ours_xray"]), 2),
     }
 
@@ -469,14 +476,18 @@ def resnet50_vs_keras(
         )
         step_rate(model, batches, 3)  # tracing and the first, slower steps
     rates: dict[str, list[float]] = {name: [] for name in models}
+    cpus: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            rates[name].append(step_rate(model, batches, steps)[0])
+            rate, cpu = step_rate(model, batches, steps)
+            rates[name].append(rate)
+            cpus[name].append(cpu)
     ours, theirs = median(rates["ours"]), median(rates["keras"])
     return {
         "resnet50_ours_img_s": round(ours, 2),
         "resnet50_keras_img_s": round(theirs, 2),
-        "resnet50_ours_over_keras": round(ours / theirs, 3),
+        "resnet50_ours_over_keras": round(paired_ratio(rates["ours"], rates["keras"]), 3),
+        "resnet50_ours_over_keras_cpu": round(paired_ratio(cpus["keras"], cpus["ours"]), 3),
     }
 
 
@@ -549,7 +560,7 @@ ROWS = (  # (figure, unit, what it is)
     ("warm_over_cold", "", "warm / cold"),
     ("pipeline_img_s", "img/s", "training pipeline alone, xray augmentation, as train() runs it"),
     ("cnn_train_img_s", "img/s", "CNN training step, in-memory batches"),
-    ("pipeline_over_cnn", "x", "pipeline / CNN"),
+    ("pipeline_over_cnn", "x", "pipeline / CNN (median of per-round ratios)"),
     ("pipeline_cpu_ms_per_img", "ms", "CPU time per image of that pipeline"),
     ("cnn_cpu_ms_per_img", "ms", "CPU time per image of the CNN step"),
     ("pipeline_over_cnn_cpu", "x", "CNN / pipeline, CPU time per image"),
@@ -578,6 +589,7 @@ ROWS = (  # (figure, unit, what it is)
     ("resnet50_ours_img_s", "img/s", "our ResNet-50 training step"),
     ("resnet50_keras_img_s", "img/s", "keras.applications ResNet-50 training step"),
     ("resnet50_ours_over_keras", "x", "ours / Keras'"),
+    ("resnet50_ours_over_keras_cpu", "x", "Keras' / ours, CPU time per image"),
 )
 
 
@@ -611,9 +623,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cold-loads", type=int, default=2)
     parser.add_argument("--warm-loads", type=int, default=5, help="warm loads after each cold one")
     parser.add_argument("--epoch-images", type=int, default=0, help="cap of the timed epochs (0: full split)")
-    parser.add_argument("--epoch-rounds", type=int, default=2, help="timed epochs of each feed, interleaved")
-    parser.add_argument("--resnet-steps", type=int, default=4, help="ResNet-50 steps per timed round")
-    parser.add_argument("--resnet-rounds", type=int, default=3)
+    parser.add_argument("--epoch-rounds", type=int, default=3, help="timed epochs of each feed, interleaved")
+    parser.add_argument("--resnet-steps", type=int, default=3, help="ResNet-50 steps per timed round")
+    parser.add_argument("--resnet-rounds", type=int, default=5)
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="sections to run (default: all)")
     parser.add_argument("--accel-batch", type=int, default=128, help="batch of the accelerator section")
     parser.add_argument("--accel-size", type=int, default=224, help="image side of the accelerator section")
