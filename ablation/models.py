@@ -38,6 +38,7 @@ BN_MOMENTUM = 0.9
 def _batchnorm(x, name: str, epsilon: float = 1e-3):
     return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=epsilon, name=name)(x)
 
+
 # Stride-2 steps (pooling or strided conv) of each network. A step needs at least 2 pixels to
 # downsample: the cnn's unpadded max-pools fail on fewer, and the ResNets' padded layers would turn a
 # 1-pixel map into a 1-pixel map, downsampling nothing. Hence the minimum side is 2**steps.
