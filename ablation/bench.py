@@ -1,7 +1,7 @@
 """Performance benchmark on the real data: does the data path keep training fed, and what does a job cost?
 
     python -m ablation.bench              # every figure of docs/performance.md, ~7 minutes on 2 CPU cores
-    python -m ablation.bench --quick      # the same figures from smaller samples, ~5 minutes
+    python -m ablation.bench --quick      # the same figures from smaller samples, ~4 minutes
     python -m ablation.bench --only resnet50 --resnet-steps 10   # one section
 
 Prints progress on stderr, then a table and, last, one JSON line with every figure. Every figure of a
@@ -154,8 +154,8 @@ def measure_load(
 def clocked(run: Callable[[], int]) -> tuple[float, float]:
     """(images per second, CPU milliseconds per image) of `run`, which returns the images it handled.
 
-    CPU time is this process's, every thread: unlike wall time it barely moves when other processes
-    load the machine, so the CPU figures are the steadier ones on a shared machine.
+    CPU time is this process's, every thread: it moves much less than wall time when other processes
+    take a core, so the CPU figures are the steadier ones on a shared machine.
     """
     start, cpu = time.perf_counter(), time.process_time()
     n = run()
@@ -228,10 +228,12 @@ def hidden_fraction(make_ds: Callable[[], tf.data.Dataset], batches: int, repeat
 def measure_pipeline(
     cfg: DictConfig, data: ChestXray, model: keras.Model, rounds: int = 3, cnn_steps: int = 20
 ) -> dict:
-    """Images/s of the training pipeline alone (full split, `cfg.augmentation`) and of the CNN's step.
+    """Images/s and CPU per image of the training pipeline alone (full split, `cfg.augmentation`), of the
+    CNN's step, of the pipeline without augmentation and of `naive_dataset`; then the hidden fractions.
 
-    Alternates: pipeline epoch as train() runs it (op determinism per `cfg.trainer.deterministic`), CNN
-    steps, pipeline epoch without op determinism; one warm-up of each first (tracing).
+    Each round runs, in turn: the pipeline as train() runs it (op determinism per
+    `cfg.trainer.deterministic`), CNN steps, the plain and the naive pipelines, the pipeline without op
+    determinism. Round 0 warms up (tracing) and is not counted.
     """
     deterministic = bool(cfg.trainer.deterministic)
     augmentation = pipeline.build_augmentation(cfg.augmentation, cfg.seed)
@@ -594,7 +596,7 @@ ROWS = (  # (figure, unit, what it is)
 
 
 def table(figures: dict, met: dict[str, bool]) -> str:
-    lines = [f"{'figure':<42}{'value':>16}  {'target':<10}{'what'}"]
+    lines = [f"{'figure':<42}{'value':>16}  {'target':<14}{'what'}"]
     for key, unit, what in ROWS:
         if key not in figures:
             continue
@@ -606,7 +608,7 @@ def table(figures: dict, met: dict[str, bool]) -> str:
         if key in TARGETS:
             op, bound = TARGETS[key]
             target = f"{op}{bound:g} " + ("ok" if met.get(key) else "MISSED")
-        lines.append(f"{key:<42}{shown + (' ' + unit if unit else ''):>16}  {target:<10}{what}")
+        lines.append(f"{key:<42}{shown + (' ' + unit if unit else ''):>16}  {target:<14}{what}")
     known = {row[0] for row in ROWS}
     for key, value in figures.items():  # the accelerator section's figures
         if key.endswith("_img_s") and key not in known:
