@@ -41,8 +41,6 @@ DRIVER_FILE = "sweep_driver.json"  # in the sweep dir: host and pid of the proce
 JOBS_FILE = "jobs.jsonl"  # in the sweep dir: one line per finished, failed, refused or skipped job
 # Keys that locate things rather than define the training: left out of the resume hash.
 NOT_TRAINING = ("tracking", "paths", "data.root", "data.cache_dir", "trainer.verbose")
-# The SPEC's short params, besides every dotted leaf.
-SHORT_PARAMS = ("dropout", "batchnorm", "epochs", "seed", "batch_size")
 
 
 # A tracking server that went away fails the job after about 30 s of retries (after 0, 2, 4, 8, 16 s; 30 s to
