@@ -20,6 +20,20 @@ os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 register()
 
+CHROMIUM = "/usr/bin/chromium"
+# Headless Debian Chromium on a closed network: no background connections, no first-run, no sandbox as root.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+
 # Tiny but real: small images, a few dozen per class, two epochs.
 TINY = ["data.image_size=32", "data.max_train_per_class=32", "epochs=2", "batch_size=16", "trainer.verbose=0"]
 

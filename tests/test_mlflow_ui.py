@@ -21,21 +21,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, run_ablation
+from conftest import CHROMIUM, CHROMIUM_FLAGS, PROJECT, run_ablation
 from PIL import Image
 
-CHROMIUM = "/usr/bin/chromium"
 MLFLOW = Path(sys.executable).parent / "mlflow"
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
+    *CHROMIUM_FLAGS,
     "--virtual-time-budget=15000",  # the page's API calls and rendering finish within it
     "--window-size=1400,900",
 ]

@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 from analysis_helpers import ROOT, shared_cli_report
+from conftest import CHROMIUM, CHROMIUM_FLAGS
 
-CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
+    *CHROMIUM_FLAGS,
     "--virtual-time-budget=5000",  # lets the load event (and the report's image check) fire
 ]
 
