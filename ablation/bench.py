@@ -236,12 +236,10 @@ def measure_pipeline(
     determinism. Round 0 warms up (tracing) and is not counted.
     """
     deterministic = bool(cfg.trainer.deterministic)
-    augmentation = pipeline.build_augmentation(cfg.augmentation, cfg.seed)
+    augment = pipeline.build_augmentation(cfg.augmentation)
 
     def make_ds() -> tf.data.Dataset:
-        return pipeline.train_dataset(
-            data.train.images, data.train.labels, cfg.batch_size, cfg.seed, augmentation=augmentation
-        )
+        return pipeline.train_dataset(data.train.images, data.train.labels, cfg.batch_size, cfg.seed, augment=augment)
 
     with op_determinism(deterministic):
         batches = [(x, y) for x, y in make_ds().take(8)]  # augmented, float32: what the step gets
@@ -313,14 +311,14 @@ def measure_epochs(cfg: DictConfig, data: ChestXray, model: keras.Model, images:
     n = len(data.train.labels) if images <= 0 else min(images, len(data.train.labels))
     x, y, files = data.train.images[:n], data.train.labels[:n], data.train.files[:n]
     class_weight = data.class_weights(cfg.class_weighting.name)
-    augmentation = pipeline.build_augmentation(cfg.augmentation, cfg.seed)
+    augment = pipeline.build_augmentation(cfg.augmentation)
     times: dict[str, list[float]] = {"naive": [], "ours": [], "ours_xray": []}
     cpu: dict[str, list[float]] = {name: [] for name in times}
     with op_determinism(bool(cfg.trainer.deterministic)):
         feeds = {
             "naive": naive_dataset(files, y, x.shape[1], cfg.batch_size, cfg.seed),
             "ours": pipeline.train_dataset(x, y, cfg.batch_size, cfg.seed),
-            "ours_xray": pipeline.train_dataset(x, y, cfg.batch_size, cfg.seed, augmentation=augmentation),
+            "ours_xray": pipeline.train_dataset(x, y, cfg.batch_size, cfg.seed, augment=augment),
         }
         for ds in feeds.values():
             model.fit(ds, epochs=1, steps_per_epoch=5, class_weight=class_weight, verbose=0)
@@ -383,10 +381,12 @@ def job_overhead(wall_s: float, jobs: list[dict]) -> dict:
         "job_inprocess_overhead_s": [round(r - w, 2) for r, w in zip(in_run, work, strict=True)],
         "job_data_s": [round(j["data_seconds"], 2) for j in jobs],
         "sweep_outside_runs_s": round(wall_s - sum(in_run), 2),
+        # A sweep of N jobs pays about sweep_outside_runs_s / N + this per job.
+        "job_inprocess_overhead_mean_s": round(sum(r - w for r, w in zip(in_run, work, strict=True)) / len(jobs), 2),
     }
 
 
-def measure_sweep(root: str | Path, cache_dir: Path, runs_dir: Path, seeds: int = 2) -> dict:
+def measure_sweep(root: str | Path, cache_dir: Path, runs_dir: Path, seeds: int = 4) -> dict:
     """Runs a tiny CNN sweep as a user types it and splits its wall time into work and overhead.
 
     The decoded-image cache is the warm one of `measure_load` and the MLflow store exists already: a
@@ -585,6 +585,7 @@ ROWS = (  # (figure, unit, what it is)
     ("val_eval_img_s", "img/s", "validation pass (model.evaluate)"),
     ("job_overhead_s", "s", "per sweep job: wall time minus fit and evaluation"),
     ("job_inprocess_overhead_s", "s", "per job inside its MLflow run: run time minus fit and eval"),
+    ("job_inprocess_overhead_mean_s", "s", "their mean"),
     ("sweep_outside_runs_s", "s", "sweep wall time outside every run (process start, imports)"),
     ("job_data_s", "s", "per job: loading the data from the warm cache"),
     ("mlflow_store_init_s", "s", "creating a fresh MLflow SQLite store (once per paths.runs)"),
@@ -628,6 +629,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epoch-rounds", type=int, default=3, help="timed epochs of each feed, interleaved")
     parser.add_argument("--resnet-steps", type=int, default=3, help="ResNet-50 steps per timed round")
     parser.add_argument("--resnet-rounds", type=int, default=5)
+    parser.add_argument("--sweep-jobs", type=int, default=4, help="jobs of the timed sweep (the README's smallest: 6)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="sections to run (default: all)")
     parser.add_argument("--accel-batch", type=int, default=128, help="batch of the accelerator section")
     parser.add_argument("--accel-size", type=int, default=224, help="image side of the accelerator section")
@@ -685,7 +687,7 @@ def main(argv: list[str] | None = None) -> dict:
         section("pipeline", lambda: measure_pipeline(cfg, state["data"], model(), args.rounds, args.cnn_steps))
         section("epochs", lambda: measure_epochs(cfg, state["data"], model(), args.epoch_images, args.epoch_rounds))
         section("eval", lambda: measure_eval(cfg, state["data"], model()))
-        section("sweep", lambda: measure_sweep(root, state["cache"], work / "runs"))
+        section("sweep", lambda: measure_sweep(root, state["cache"], work / "runs", args.sweep_jobs))
         section(
             "resnet50",
             lambda: resnet50_vs_keras(args.image_size, 32, args.resnet_steps, args.resnet_rounds, channels=1),

@@ -45,6 +45,7 @@ class OptimizerConf:
     name: str = "adam"
     lr: float = 1e-3
     schedule: str = "constant"
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -125,6 +126,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an int >= 1")
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an int >= 1")
     _check(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a float > 0")
+    _check(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", cfg.optimizer.weight_decay, "a float >= 0")
     _check(cfg.optimizer.schedule in SCHEDULES, "optimizer.schedule", cfg.optimizer.schedule, str(SCHEDULES))
     weighting = cfg.class_weighting.name
     _check(weighting in CLASS_WEIGHTINGS, "class_weighting", weighting, f"one of {CLASS_WEIGHTINGS}")

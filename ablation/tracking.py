@@ -240,9 +240,11 @@ def log_result(mlflow_client: mlflow.MlflowClient, run_id: str, cfg: DictConfig,
     (out_dir / "model_summary.txt").write_text(summary.getvalue())
     (out_dir / "config.yaml").write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
     (out_dir / "data_record.json").write_text(json.dumps(record, indent=2))
-    pd.DataFrame(
-        {"file": result.data.test.files, "label": result.data.test.labels, "probability": result.test_probabilities}
-    ).to_csv(out_dir / "test_predictions.csv", index=False)
+    for split, probabilities in (("test", result.test_probabilities), ("val", result.val_probabilities)):
+        images = getattr(result.data, split)
+        pd.DataFrame({"file": images.files, "label": images.labels, "probability": probabilities}).to_csv(
+            out_dir / f"{split}_predictions.csv", index=False
+        )
     figures.learning_curves(result.history, result.best_epoch, out_dir / "learning_curves.png")
     labels, probs = result.data.test.labels, result.test_probabilities
     figures.confusion_matrix(labels, probs, result.threshold, out_dir / "confusion_matrix.png")
@@ -255,6 +257,7 @@ def log_result(mlflow_client: mlflow.MlflowClient, run_id: str, cfg: DictConfig,
         "config.yaml",
         "data_record.json",
         "test_predictions.csv",
+        "val_predictions.csv",
         "learning_curves.png",
         "confusion_matrix.png",
         "roc_curve.png",

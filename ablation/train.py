@@ -17,12 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
-from sklearn import metrics
 from tensorflow.python.framework import config as tf_config  # disable_op_determinism has no public alias
 
 from ablation import pipeline
 from ablation.config import MONITORS
 from ablation.data import ChestXray, load_data
+from ablation.metrics import binary_metrics, youden_threshold
 from ablation.models import build_model
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class TrainResult:
     threshold: float
     test_metrics: dict[str, float]
     test_probabilities: np.ndarray
+    val_probabilities: np.ndarray  # of the kept model: what the threshold is chosen on
     class_weights: dict[int, float] | None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -54,33 +55,12 @@ def configure_devices() -> None:
             pass
 
 
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
-    """Test metrics of a probabilistic classifier at `threshold`; recall is the sensitivity."""
-    predicted = (probabilities >= threshold).astype(int)
-    tn, fp, fn, tp = metrics.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
-    return {
-        "accuracy": metrics.accuracy_score(labels, predicted),
-        "precision": metrics.precision_score(labels, predicted, zero_division=0),
-        "recall": metrics.recall_score(labels, predicted, zero_division=0),
-        "specificity": tn / (tn + fp) if tn + fp else 0.0,
-        "f1": metrics.f1_score(labels, predicted, zero_division=0),
-        "auc": metrics.roc_auc_score(labels, probabilities),
-        "pr_auc": metrics.average_precision_score(labels, probabilities),
-    }
-
-
-def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """The threshold maximising sensitivity + specificity - 1 on the given (validation) data."""
-    fpr, tpr, thresholds = metrics.roc_curve(labels, probabilities)
-    best = int(np.argmax(tpr - fpr))
-    return float(np.clip(thresholds[best], 1e-6, 1 - 1e-6))  # roc_curve's first threshold is inf
-
-
 def _optimizer(cfg: DictConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     lr = cfg.optimizer.lr
     if cfg.optimizer.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
-    return keras.optimizers.Adam(learning_rate=lr)
+    # Keras applies weight decay decoupled from the gradient step (AdamW); None leaves it off.
+    return keras.optimizers.Adam(learning_rate=lr, weight_decay=cfg.optimizer.weight_decay or None)
 
 
 def _metrics() -> list[keras.metrics.Metric]:
@@ -127,14 +107,14 @@ def train(
     weighting = cfg.class_weighting.name
     class_weights = data.class_weights(weighting)
 
-    augmentation = pipeline.build_augmentation(cfg.augmentation, cfg.seed)
+    augment = pipeline.build_augmentation(cfg.augmentation)
     on_device = cfg.trainer.augment_on == "model"
     train_ds = pipeline.train_dataset(
         data.train.images,
         data.train.labels,
         cfg.batch_size,
         cfg.seed,
-        augmentation=None if on_device else augmentation,
+        augment=None if on_device else augment,
         oversample=weighting == "oversample",
     )
     val_ds = pipeline.eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
@@ -142,11 +122,12 @@ def train(
 
     model = build_model(cfg.model.name, data.train.images.shape[1:], cfg.dropout, cfg.batchnorm)
     trained = model
-    if on_device and augmentation is not None:
-        # Augmentation as the first layers: it runs where the model runs (the GPU) and only in training.
+    if on_device and augment is not None:
+        # Augmentation as the first layer: it runs where the model runs (the GPU) and only in training.
         # The kept model is the bare network, so inference and saved models never carry it.
         inputs = keras.Input(model.input_shape[1:])
-        trained = keras.Model(inputs, model(augmentation(inputs)), name=f"{model.name}_augmented")
+        augmented = pipeline.DeviceAugmentation(augment, cfg.seed, name="augmentation")(inputs)
+        trained = keras.Model(inputs, model(augmented), name=f"{model.name}_augmented")
     trained.compile(
         optimizer=_optimizer(cfg, math.ceil(len(data.train.labels) / cfg.batch_size)),
         loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=cfg.trainer.label_smoothing),
@@ -181,8 +162,9 @@ def train(
 
     start = time.perf_counter()
     threshold = cfg.trainer.threshold
+    val_probabilities = _predict(model, val_ds)
     if cfg.trainer.tune_threshold:
-        threshold = youden_threshold(data.val.labels, _predict(model, val_ds))
+        threshold = youden_threshold(data.val.labels, val_probabilities)
     probabilities = _predict(model, test_ds)
     test_metrics = binary_metrics(data.test.labels, probabilities, threshold)
     timings["eval_seconds"] = time.perf_counter() - start
@@ -196,6 +178,7 @@ def train(
         threshold=float(threshold),
         test_metrics=test_metrics,
         test_probabilities=probabilities,
+        val_probabilities=val_probabilities,
         class_weights=class_weights,
         timings=timings,
     )

@@ -30,6 +30,7 @@ from analysis.stats import (
     run_stability,
     stability,
 )
+from analysis.transfer import transfer_runs, transfer_summary
 
 KEY_METRICS = ("test_auc", "test_accuracy", "test_f1")  # the ones the summary and the report tables show
 NAMES = {
@@ -218,11 +219,54 @@ def _shown_effects(eff: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
 
 def _shown_stability(stab: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
     shown = stab[factors + ["n"]].copy()
-    shown["epochs (mean)"] = stab["epochs"].map(lambda x: _num(x, 1))
+    shown["epochs logged (mean)"] = stab["epochs_logged"].map(lambda x: _num(x, 1))
     shown["val accuracy jitter"] = stab["val_accuracy_jitter"].map(lambda x: _num(x, 4))
     shown["val loss jitter"] = stab["val_loss_jitter"].map(lambda x: _num(x, 4))
     shown["best val AUC epoch (mean)"] = stab["best_val_auc_epoch"].map(lambda x: _num(x, 1))
     return shown
+
+
+TRANSFER_COLUMNS = {
+    "n": "n",
+    "threshold": "threshold used",
+    "val_accuracy": "val accuracy",
+    "test_accuracy": "test accuracy",
+    "test_sensitivity": "test sensitivity",
+    "test_specificity": "test specificity",
+    "val_auc": "val ROC AUC",
+    "test_auc": "test ROC AUC",
+    "test_accuracy_at_0.5": "test accuracy at 0.5",
+    "val_youden_threshold": "Youden threshold on val",
+    "test_accuracy_at_val_youden": "test accuracy at it",
+    "test_youden_threshold": "Youden threshold on test (reference)",
+    "val_normal_median_p": "NORMAL median p, val",
+    "test_normal_median_p": "NORMAL median p, test",
+    "val_pneumonia_median_p": "PNEUMONIA median p, val",
+    "test_pneumonia_median_p": "PNEUMONIA median p, test",
+}
+
+
+def _transfer_blocks(per_run: pd.DataFrame, finished: pd.DataFrame, factors: list[str]) -> list:
+    heading = ("h2", "Validation to test")
+    if per_run.empty:
+        return [heading, ("p", "No run logged both `val_predictions.csv` and `test_predictions.csv`.")]
+    summary = transfer_summary(per_run, finished, factors)
+    shown = summary[["configuration"]].copy()
+    for column, name in TRANSFER_COLUMNS.items():
+        shown[name] = summary[column] if column == "n" else summary[column].map(_num)
+    return [
+        heading,
+        (
+            "p",
+            "The checkpoint and the threshold are chosen on the validation split, carved out of train/ by "
+            "patient; the test split comes from another distribution. Per configuration, mean over seeds: "
+            "the metrics at the threshold each run used, on both splits; test accuracy at 0.5 and at Youden's "
+            "J on validation; the median predicted pneumonia probability per class on both splits (a class "
+            "whose median moves is a calibration shift). The test-optimal threshold is a reference, never "
+            "used. Per run: `threshold_transfer.csv`.",
+        ),
+        ("table", shown),
+    ]
 
 
 def _method(aliases: dict[str, list[str]]) -> list[str]:
@@ -266,11 +310,15 @@ def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> l
     top = finished.loc[_top(finished["test_auc"]), "run_id"]
     with tempfile.TemporaryDirectory() as tmp:
         best = _best_per_network(study, finished, factors, Path(tmp))
+        transfer = transfer_runs(study, finished, factors, Path(tmp) / "transfer")
         record = study.data_record(top, Path(tmp) / "record")
         for b in best:  # copied out of the temporary folder: the report shows them
             if b["gradcam"]:
                 b["gradcam"] = Path(shutil.copy(b["gradcam"], out / f"gradcam_{b['network'].replace(' ', '_')}.png"))
     predicted = [b for b in best if b["predictions"] is not None]
+    if not transfer.empty:
+        csvs["threshold_transfer.csv"] = transfer
+        transfer.to_csv(out / "threshold_transfer.csv", index=False)
 
     pngs = {"learning_curves.png": figures.learning_curves(finished, factors, hist, out / "learning_curves.png")}
     if predicted:
@@ -336,6 +384,7 @@ def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> l
     for b in best:
         if b["gradcam"]:
             blocks.append(("img", b["gradcam"].name, f"Grad-CAM on test images, {b['title']}"))
+    blocks += _transfer_blocks(transfer, finished, factors)
     blocks += [
         ("h2", "Training"),
         ("img", "learning_curves.png", "Learning curves"),

@@ -237,10 +237,11 @@ def matters(low, high, p):
 
 def run_stability(histories: pd.DataFrame) -> pd.DataFrame:
     """Per run: jitter = mean |v(e) − v(e−1)| over the epochs e > E/2 (E = last logged epoch), for
-    val_accuracy and val_loss; the (first) epoch of the highest val_auc; E."""
+    val_accuracy and val_loss; the (first) epoch of the highest val_auc; E as `epochs_logged` (`epochs` may
+    be a factor)."""
     rows = []
     for run_id, hist in histories.groupby("run_id"):
-        row = {"run_id": run_id, "epochs": hist["step"].max()}
+        row = {"run_id": run_id, "epochs_logged": hist["step"].max()}
         for key in ("val_accuracy", "val_loss"):
             series = hist[hist["key"] == key].set_index("step")["value"].sort_index()
             jumps = series.diff().abs()
@@ -249,7 +250,7 @@ def run_stability(histories: pd.DataFrame) -> pd.DataFrame:
         row["best_val_auc_epoch"] = auc.idxmax() if len(auc) else math.nan
         rows.append(row)
     return pd.DataFrame(
-        rows, columns=["run_id", "epochs", "val_accuracy_jitter", "val_loss_jitter", "best_val_auc_epoch"]
+        rows, columns=["run_id", "epochs_logged", "val_accuracy_jitter", "val_loss_jitter", "best_val_auc_epoch"]
     )
 
 
@@ -261,7 +262,7 @@ def stability(runs: pd.DataFrame, factors: list[str], per_run: pd.DataFrame) -> 
     for key in ordered_configs(merged, factors):
         group = merged[keys.map(key.__eq__)]
         row = {**dict(zip(factors, key, strict=True)), "n": len(group)}
-        for col in ("epochs", "val_accuracy_jitter", "val_loss_jitter", "best_val_auc_epoch"):
+        for col in ("epochs_logged", "val_accuracy_jitter", "val_loss_jitter", "best_val_auc_epoch"):
             row[col] = group[col].mean()
         rows.append(row)
     return pd.DataFrame(rows)

@@ -23,12 +23,14 @@ from analysis.stats import (
     run_stability,
     stability,
 )
+from analysis.transfer import run_transfer
 
 OUTPUTS = (
     "ablation_table.csv",
     "effects_table.csv",
     "main_effects.csv",
     "stability.csv",
+    "threshold_transfer.csv",
     "learning_curves.png",
     "roc_curves.png",
     "confusion_matrices.png",
@@ -163,7 +165,14 @@ def test_stability_from_histories(store, study):
     row = table.loc[("cnn", "0.0")]
     assert row["val_accuracy_jitter"] == pytest.approx(np.mean([e[0] for e in expected]))
     assert row["best_val_auc_epoch"] == pytest.approx(np.mean([e[1] for e in expected]))
-    assert row["epochs"] == epochs
+    assert row["epochs_logged"] == epochs
+
+
+def test_stability_when_epochs_is_a_factor(study):
+    # A study of `epochs` must not collide with the per-run count of logged epochs.
+    runs = study.finished.assign(epochs=["10" if i % 2 else "12" for i in range(len(study.finished))])
+    table = stability(runs, ["epochs"], run_stability(study.histories(runs["run_id"])))
+    assert list(table["epochs"]) == ["10", "12"] and table["epochs_logged"].notna().all()
 
 
 def test_cli_writes_everything_and_logs_to_parent(store, cli):
@@ -179,6 +188,36 @@ def test_cli_writes_everything_and_logs_to_parent(store, cli):
     html = (cli / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
     assert "http://" not in html and "https://" not in html and "<link" not in html
+
+
+def test_run_transfer_scores_val_and_test_at_each_threshold():
+    val = pd.DataFrame({"label": [0, 0, 1, 1], "probability": [0.1, 0.2, 0.8, 0.9]})
+    test = pd.DataFrame({"label": [0, 0, 1, 1], "probability": [0.3, 0.6, 0.7, 0.9]})
+    figures = run_transfer(val, test, threshold=0.5)
+    assert figures["val_accuracy"] == 1.0 and figures["test_accuracy"] == 0.75
+    assert figures["test_sensitivity"] == 1.0 and figures["test_specificity"] == 0.5
+    # Youden's J is 1 from 0.8 down to 0.2 on val; the highest such threshold is kept. On test only 0.7 reaches it.
+    assert figures["val_youden_threshold"] == 0.8 and figures["test_youden_threshold"] == 0.7
+    assert figures["test_accuracy_at_val_youden"] == 0.75 and figures["test_accuracy_at_0.5"] == 0.75
+    assert figures["val_normal_median_p"] == pytest.approx(0.15)
+    assert figures["test_normal_median_p"] == pytest.approx(0.45)
+    assert figures["test_pneumonia_median_p"] == pytest.approx(0.8)
+
+
+def test_report_shows_the_validation_to_test_shift(store, cli):
+    per_run = pd.read_csv(cli / "threshold_transfer.csv")
+    experiment_id = store["client"].get_experiment_by_name(store["experiment"]).experiment_id
+    finished = store["client"].search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{store['parent']}' and attributes.status = 'FINISHED'"
+    )
+    assert set(per_run["run_id"]) == {r.info.run_id for r in finished}
+    # The synthetic test split puts NORMAL higher and separates worse than validation, in every run.
+    assert (per_run["test_normal_median_p"] > per_run["val_normal_median_p"]).all()
+    assert (per_run["test_auc"] < per_run["val_auc"]).all()
+    md = (cli / "report.md").read_text()
+    section = md.split("## Validation to test")[1].split("## ")[0]
+    for configuration in ("model=cnn, dropout=0.0", "model=resnet18, dropout=0.5"):
+        assert f"| {configuration} |" in section
 
 
 def test_cli_error_for_missing_experiment(store, tmp_path, capsys):

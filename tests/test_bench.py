@@ -41,7 +41,7 @@ def test_job_overhead_is_wall_time_minus_fit_and_eval():
     ]
     figures = bench.job_overhead(45.0, jobs)
     assert figures["job_overhead_s"] == (45.0 - 17.0) / 2
-    assert figures["job_inprocess_overhead_s"] == [5.0, 3.0]
+    assert figures["job_inprocess_overhead_s"] == [5.0, 3.0] and figures["job_inprocess_overhead_mean_s"] == 4.0
     assert figures["job_data_s"] == [3.0, 0.2]
     assert figures["sweep_outside_runs_s"] == 45.0 - 25.0
 

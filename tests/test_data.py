@@ -198,19 +198,60 @@ def test_augmentation_options(option, cache_dir):
     cfg = compose_config(f"augmentation={option}")
     data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=8)
     images, labels = data.train.images, data.train.labels
-    augmentation = build_augmentation(cfg.augmentation, seed=0)
+    augment = build_augmentation(cfg.augmentation)
     # Without shuffling noise: compare each augmented batch with its own source images, in order.
-    batch, _ = next(iter(train_dataset(images[:1].repeat(16, 0), labels[:1].repeat(16), 16, 0, augmentation)))
+    batch, _ = next(iter(train_dataset(images[:1].repeat(16, 0), labels[:1].repeat(16), 16, 0, augment)))
     batch = batch.numpy()
     source = images[:1].astype(np.float32)
     if option == "none":
-        assert augmentation is None
+        assert augment is None
         np.testing.assert_array_equal(batch, np.repeat(source, 16, 0))
     else:
         changed = [not np.allclose(b, source[0]) for b in batch]
-        assert any(changed)
-        if option == "flip":  # every image is either itself or its mirror
-            assert all(np.allclose(b, source[0]) or np.allclose(b, source[0][:, ::-1]) for b in batch)
+        assert sum(changed) >= 4
+        assert batch.min() >= 0 and batch.max() <= 255
+        if option == "flip":  # every image is either itself or its mirror, and both occur
+            mirrored = [np.allclose(b, source[0][:, ::-1], atol=1e-3) for b in batch]
+            assert all(m or not c for m, c in zip(mirrored, changed, strict=True)) and any(mirrored)
     # Evaluation batches are never augmented.
     x, _ = next(iter(eval_dataset(images, labels, 16)))
     np.testing.assert_array_equal(x.numpy(), images[:16].astype(np.float32))
+
+
+def test_augmentation_is_seeded_per_batch_and_new_each_epoch(cache_dir):
+    from ablation.pipeline import build_augmentation, train_dataset
+
+    augment = build_augmentation(compose_config("augmentation=xray").augmentation)
+    data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=16)
+    images, labels = data.train.images, data.train.labels
+
+    def epochs(seed, n=2):
+        ds = train_dataset(images, labels, 8, seed, augment)
+        return [np.concatenate([x.numpy() for x, _ in ds]) for _ in range(n)]
+
+    first, second = epochs(0), epochs(0)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)  # the same seed gives the same batches, epoch by epoch
+    assert not np.allclose(first[0], first[1])  # a new epoch draws new parameters (and a new order)
+    assert not np.allclose(first[0], epochs(1, 1)[0])
+
+
+def test_each_augmentation_range_alone_changes_images(cache_dir):
+    import tensorflow as tf
+
+    from ablation.pipeline import build_augmentation
+
+    xray = compose_config("augmentation=xray").augmentation
+    data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=8)
+    images = tf.constant(data.train.images[:8], tf.float32)
+    seed = tf.constant([3, 4])
+    for key in ("rotation_deg", "shift", "zoom", "brightness", "contrast"):
+        only = xray.copy()
+        for other in ("rotation_deg", "shift", "zoom", "brightness", "contrast"):
+            only[other] = xray[other] if other == key else 0
+        out = build_augmentation(only)(images, seed).numpy()
+        assert out.shape == images.shape and not np.allclose(out, images.numpy(), atol=0.5), key
+    identity = xray.copy()
+    for key in ("rotation_deg", "shift", "zoom", "brightness", "contrast"):
+        identity[key] = 0
+    assert build_augmentation(identity) is None

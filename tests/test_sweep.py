@@ -37,6 +37,7 @@ ARTIFACTS = {
     "config.yaml",
     "data_record.json",
     "test_predictions.csv",
+    "val_predictions.csv",
 }
 TINY = ["data.image_size=32", "data.max_train_per_class=64", "epochs=2"]
 

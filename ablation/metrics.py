@@ -1,0 +1,29 @@
+"""Test metrics and the validation threshold: shared by training (`ablation.train`) and the analysis
+(`analysis.transfer`), which must score predictions exactly alike. No TensorFlow here."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
+    """Test metrics of a probabilistic classifier at `threshold`; recall is the sensitivity."""
+    predicted = (probabilities >= threshold).astype(int)
+    tn, fp, fn, tp = metrics.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    return {
+        "accuracy": metrics.accuracy_score(labels, predicted),
+        "precision": metrics.precision_score(labels, predicted, zero_division=0),
+        "recall": metrics.recall_score(labels, predicted, zero_division=0),
+        "specificity": tn / (tn + fp) if tn + fp else 0.0,
+        "f1": metrics.f1_score(labels, predicted, zero_division=0),
+        "auc": metrics.roc_auc_score(labels, probabilities),
+        "pr_auc": metrics.average_precision_score(labels, probabilities),
+    }
+
+
+def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1 on the given (validation) data."""
+    fpr, tpr, thresholds = metrics.roc_curve(labels, probabilities)
+    best = int(np.argmax(tpr - fpr))
+    return float(np.clip(thresholds[best], 1e-6, 1 - 1e-6))  # roc_curve's first threshold is inf
