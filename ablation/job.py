@@ -29,6 +29,20 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def _interrupt_behind(error: BaseException) -> BaseException | None:
+    """The Ctrl-C, SIGTERM or scheduler exit that `error` was raised while handling, if any.
+
+    The signal's exception lands wherever Python is; inside TensorFlow's device scope, the scope's exit then
+    raises `RuntimeError: Exiting device scope without proper scope nesting` in its place.
+    """
+    context = error.__context__
+    while context is not None:
+        if isinstance(context, KeyboardInterrupt | SystemExit):
+            return context
+        context = context.__context__
+    return None
+
+
 def pin_gpu(job_num: int) -> None:
     """Give a parallel job one GPU, round-robin by job number (k jobs per card when n_jobs = k x cards).
 
@@ -102,15 +116,7 @@ def run_job(cfg: DictConfig) -> dict:
     entry["run_id"] = run_id
     log.info("MLflow run %s (%s) in experiment %r", run_id, overrides or "defaults", cfg.tracking.experiment)
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)  # scancel and kill end the run KILLED, like Ctrl-C
-    try:
-        from ablation.train import train  # TensorFlow loads only for a job that trains
-
-        tracking.log_params(client, run_id, tracking.run_params(cfg))
-        result = train(cfg, callbacks=[tracking.EpochLogger(client, run_id)])
-        tracking.log_result(client, run_id, cfg, result, out_dir)
-    except (KeyboardInterrupt, SystemExit) as interrupt:
+    def killed(interrupt: BaseException) -> None:
         message = f"interrupted ({str(interrupt) or 'Ctrl-C'})"  # Ctrl-C's KeyboardInterrupt has no text
         if isinstance(interrupt, SystemExit):
             # submitit's handler of SLURM's preemption or time-limit signal: it requeued the job, and the
@@ -120,8 +126,23 @@ def run_job(cfg: DictConfig) -> dict:
         if parent and isinstance(interrupt, KeyboardInterrupt):
             tracking.end_run(client, parent, "KILLED", message)
         finish("KILLED", error=message)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # scancel and kill end the run KILLED, like Ctrl-C
+    try:
+        from ablation.train import train  # TensorFlow loads only for a job that trains
+
+        tracking.log_params(client, run_id, tracking.run_params(cfg))
+        result = train(cfg, callbacks=[tracking.EpochLogger(client, run_id)])
+        tracking.log_result(client, run_id, cfg, result, out_dir)
+    except (KeyboardInterrupt, SystemExit) as interrupt:
+        killed(interrupt)
         raise
     except Exception as error:
+        interrupt = _interrupt_behind(error)
+        if interrupt is not None:  # a library's clean-up turned the interrupt into another error
+            killed(interrupt)
+            raise interrupt from error
         message = tracking.redact(f"{type(error).__name__}: {error}")
         log.exception("job failed: %s", overrides)
         tracking.end_run(client, run_id, "FAILED", message)

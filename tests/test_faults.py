@@ -180,8 +180,9 @@ def test_a_killed_joblib_worker_does_not_lose_the_other_jobs_records(killed_and_
 def test_sigterm_and_ctrl_c_end_the_run_killed_with_the_reason(request, tmp_path, cache_dir):
     procs = {}
     for name, mode in (("sigterm", ["-m"]), ("sigint", [])):  # SIGTERM in a sweep, Ctrl-C in a single run
+        # Far more epochs than either reaches before its signal: a loaded machine starts one process much later.
         runs = tmp_path / name
-        args = [*mode, "epochs=60", f"tracking.experiment={name}", *TINY]
+        args = [*mode, "epochs=5000", f"tracking.experiment={name}", *TINY]
         procs[name] = (spawn(request, ablation(*args, runs=runs, cache=cache_dir), tmp_path / f"{name}.log"), runs)
     for name, (proc, runs) in procs.items():
         db = runs / "mlflow.db"
@@ -235,6 +236,40 @@ def test_an_out_of_range_value_is_refused_before_any_run_exists(tmp_path, cache_
     assert not runs.exists() or not any(runs.iterdir())  # no store, no experiment, no run
 
 
+def test_an_interrupt_that_a_clean_up_turns_into_another_error_still_ends_the_run_killed(
+    tmp_path, cache_dir, monkeypatch
+):
+    """A signal's exception can land inside TensorFlow's device scope, whose exit then raises a RuntimeError
+    in its place (seen with submitit's SIGUSR2 mid-fit): the run still ends KILLED and the interrupt goes on."""
+    import ablation.train
+    from ablation.job import run_job
+
+    def preempted_inside_a_device_scope(cfg, callbacks=()):
+        try:
+            raise SystemExit(144)  # what submitit's preemption handler raises
+        except SystemExit:
+            raise RuntimeError("Exiting device scope without proper scope nesting") from None
+
+    monkeypatch.setattr(ablation.train, "train", preempted_inside_a_device_scope)
+    runs = tmp_path / "runs"
+    cfg = compose_config(*TINY, f"paths.runs={runs}", f"data.root={DATA_ROOT}", return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+        cfg.hydra.job.num = 0
+        cfg.data.cache_dir = str(cache_dir)
+        cfg.tracking.experiment = "masked"
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with pytest.raises(SystemExit) as interrupt:
+            run_job(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert interrupt.value.code == 144
+    client = mlflow.MlflowClient(f"sqlite:///{runs}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("masked").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["error"].startswith("interrupted (exit 144")
+
+
 def test_an_unknown_model_is_refused_with_the_list_of_models():
     with pytest.raises(ConfigCompositionException) as refused:
         compose_config("model=vgg")
@@ -269,7 +304,7 @@ def test_tracking_server_going_away_fails_the_run_loudly_within_a_bound(request,
     assert listening_hosts(port) == {"127.0.0.1"}
     log = tmp_path / "away.log"
     secret_url = url.replace("http://", "http://bob:hunter2-pw@")
-    args = ["tracking=server", f"tracking.uri={secret_url}", "epochs=60", "tracking.experiment=away", *TINY]
+    args = ["tracking=server", f"tracking.uri={secret_url}", "epochs=5000", "tracking.experiment=away", *TINY]
     # Two retries (after 0 and 2 s) instead of tracking.HTTP_DEFAULTS' five, to keep the test short.
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
     proc = spawn(request, ablation(*args, runs=tmp_path / "runs", cache=cache_dir), log, env)
