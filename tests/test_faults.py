@@ -183,7 +183,11 @@ def test_sigterm_and_ctrl_c_end_the_run_killed_with_the_reason(request, tmp_path
         # Far more epochs than either reaches before its signal: a loaded machine starts one process much later.
         runs = tmp_path / name
         args = [*mode, "epochs=5000", f"tracking.experiment={name}", *TINY]
-        procs[name] = (spawn(request, ablation(*args, runs=runs, cache=cache_dir), tmp_path / f"{name}.log"), runs)
+        # A runner started in the background (`cmd &`) passes SIGINT on as ignored; Python then never turns
+        # it into KeyboardInterrupt. Ctrl-C's test needs it as a terminal delivers it.
+        restore = {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)} if name == "sigint" else {}
+        command = ablation(*args, runs=runs, cache=cache_dir)
+        procs[name] = (spawn(request, command, tmp_path / f"{name}.log", **restore), runs)
     for name, (proc, runs) in procs.items():
         db = runs / "mlflow.db"
         wait_for(lambda db=db: [r for r in job_runs(db) if r["losses"] >= 1], 400, f"{name}: an epoch", proc=proc)
