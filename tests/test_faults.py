@@ -6,6 +6,7 @@ See docs/reliability.md for what the framework does in each case.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -219,23 +220,30 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize(("override", "message"), REFUSED)
-def test_an_out_of_range_value_is_refused_before_any_run_exists(tmp_path, cache_dir, override, message):
-    """run_job itself, as `python -m ablation` calls it: the error names key, value and what is allowed."""
-    from ablation.job import run_job
-
+@contextlib.contextmanager
+def hydra_job(tmp_path: Path, cache_dir: Path, *overrides: str):
+    """The config of one job as `python -m ablation` hands it to run_job, with Hydra's job state set."""
     runs = tmp_path / "runs"
-    cfg = compose_config(*TINY, f"paths.runs={runs}", f"data.root={DATA_ROOT}", override, return_hydra_config=True)
+    cfg = compose_config(*TINY, f"paths.runs={runs}", f"data.root={DATA_ROOT}", *overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path / "out")
         cfg.hydra.job.num = 0
         cfg.data.cache_dir = str(cache_dir)
     HydraConfig.instance().set_config(cfg)
     try:
-        with pytest.raises(ConfigError) as refused:
-            run_job(cfg)
+        yield cfg
     finally:
         HydraConfig.instance().cfg = None
+
+
+@pytest.mark.parametrize(("override", "message"), REFUSED)
+def test_an_out_of_range_value_is_refused_before_any_run_exists(tmp_path, cache_dir, override, message):
+    """run_job itself, as `python -m ablation` calls it: the error names key, value and what is allowed."""
+    from ablation.job import run_job
+
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError) as refused, hydra_job(tmp_path, cache_dir, override) as cfg:
+        run_job(cfg)
     assert str(refused.value).startswith(message)
     assert not runs.exists() or not any(runs.iterdir())  # no store, no experiment, no run
 
@@ -256,18 +264,8 @@ def test_an_interrupt_that_a_clean_up_turns_into_another_error_still_ends_the_ru
 
     monkeypatch.setattr(ablation.train, "train", preempted_inside_a_device_scope)
     runs = tmp_path / "runs"
-    cfg = compose_config(*TINY, f"paths.runs={runs}", f"data.root={DATA_ROOT}", return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
-        cfg.hydra.job.num = 0
-        cfg.data.cache_dir = str(cache_dir)
-        cfg.tracking.experiment = "masked"
-    HydraConfig.instance().set_config(cfg)
-    try:
-        with pytest.raises(SystemExit) as interrupt:
-            run_job(cfg)
-    finally:
-        HydraConfig.instance().cfg = None
+    with pytest.raises(SystemExit) as interrupt, hydra_job(tmp_path, cache_dir, "tracking.experiment=masked") as cfg:
+        run_job(cfg)
     assert interrupt.value.code == 144
     client = mlflow.MlflowClient(f"sqlite:///{runs}/mlflow.db")
     [run] = client.search_runs([client.get_experiment_by_name("masked").experiment_id])
