@@ -33,6 +33,7 @@ class AugmentationConf:
     zoom: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    aspect: float = 0.0
 
 
 @dataclass
@@ -46,6 +47,7 @@ class OptimizerConf:
     lr: float = 1e-3
     schedule: str = "constant"
     weight_decay: float = 0.0
+    ema: float = 0.0
 
 
 @dataclass
@@ -127,13 +129,14 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an int >= 1")
     _check(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a float > 0")
     _check(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", cfg.optimizer.weight_decay, "a float >= 0")
+    _check(0 <= cfg.optimizer.ema < 1, "optimizer.ema", cfg.optimizer.ema, "a momentum in [0, 1); 0 turns it off")
     _check(cfg.optimizer.schedule in SCHEDULES, "optimizer.schedule", cfg.optimizer.schedule, str(SCHEDULES))
     weighting = cfg.class_weighting.name
     _check(weighting in CLASS_WEIGHTINGS, "class_weighting", weighting, f"one of {CLASS_WEIGHTINGS}")
 
     aug = cfg.augmentation
     _check(0 <= aug.rotation_deg <= 180, "augmentation.rotation_deg", aug.rotation_deg, "degrees in [0, 180]")
-    for key in ("shift", "zoom", "brightness", "contrast"):
+    for key in ("shift", "zoom", "aspect", "brightness", "contrast"):
         _check(0 <= aug[key] < 1, f"augmentation.{key}", aug[key], "a fraction in [0, 1)")
 
     trainer = cfg.trainer

@@ -29,30 +29,35 @@ Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 def build_augmentation(aug: DictConfig) -> Augment | None:
     """The batch augmentation an `augmentation` config asks for; None when it asks for nothing.
 
-    Flip, rotation, shift and zoom compose into one affine map per image, so each batch is resampled
-    once (bilinear, black outside the image); then brightness and contrast, clipped to [0, 255].
+    Flip, rotation, shift, zoom and aspect stretch compose into one affine map per image, so each batch
+    is resampled once (bilinear, black outside the image); then brightness and contrast, clipped to [0, 255].
     """
     flip = bool(aug.flip)
     rotation, shift, zoom = math.radians(aug.rotation_deg), float(aug.shift), float(aug.zoom)
+    log_aspect = math.log1p(aug.aspect)
     brightness, contrast = float(aug.brightness) * 255, float(aug.contrast)
-    if not (flip or rotation or shift or zoom or brightness or contrast):
+    geometric = flip or rotation or shift or zoom or log_aspect
+    if not (geometric or brightness or contrast):
         return None
 
     def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         n = tf.shape(images)[0]
-        seeds = tf.random.experimental.stateless_split(seed, 7)
+        seeds = tf.random.experimental.stateless_split(seed, 8)
 
         def uniform(i: int, half_width: float, center: float = 0.0) -> tf.Tensor:
             return tf.random.stateless_uniform([n], seeds[i], center - half_width, center + half_width)
 
-        if flip or rotation or shift or zoom:
-            # Output pixel p reads input pixel c + zoom * R(angle) * M (p - c) - offset, M the mirror or not.
+        if geometric:
+            # Output pixel p reads input pixel c + zoom * A * R(angle) * M (p - c) - offset, M the mirror or not
+            # and A = diag(sqrt(q), 1 / sqrt(q)) changing the width/height ratio by q, log-uniform in
+            # [1 / (1 + aspect), 1 + aspect].
             height, width = (tf.cast(side, tf.float32) for side in (tf.shape(images)[1], tf.shape(images)[2]))
             mirror = tf.where(uniform(0, 0.5) < 0, -1.0, 1.0) if flip else tf.ones([n])
             angle, scale = uniform(1, rotation), uniform(2, zoom, 1.0)
             dx, dy = uniform(3, shift) * width, uniform(4, shift) * height
+            stretch = tf.exp(uniform(7, log_aspect / 2))
             cos, sin = scale * tf.cos(angle), scale * tf.sin(angle)
-            a0, a1, a3, a4 = cos * mirror, -sin, sin * mirror, cos
+            a0, a1, a3, a4 = cos * mirror * stretch, -sin * stretch, sin * mirror / stretch, cos / stretch
             cx, cy = (width - 1) / 2, (height - 1) / 2
             zeros = tf.zeros([n])
             transforms = tf.stack(

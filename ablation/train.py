@@ -60,7 +60,13 @@ def _optimizer(cfg: DictConfig, steps_per_epoch: int) -> keras.optimizers.Optimi
     if cfg.optimizer.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
     # Keras applies weight decay decoupled from the gradient step (AdamW); None leaves it off.
-    return keras.optimizers.Adam(learning_rate=lr, weight_decay=cfg.optimizer.weight_decay or None)
+    ema = cfg.optimizer.ema
+    return keras.optimizers.Adam(
+        learning_rate=lr,
+        weight_decay=cfg.optimizer.weight_decay or None,
+        use_ema=ema > 0,
+        ema_momentum=ema or 0.99,  # Keras' default, unused when the average is off
+    )
 
 
 def _metrics() -> list[keras.metrics.Metric]:
@@ -142,6 +148,10 @@ def train(
         restore_best_weights=True,  # also at the end of a full run: the kept model is the best epoch
     )
 
+    # With a weight average, validation and the kept-epoch snapshot both see the averaged weights:
+    # the swap comes before EarlyStopping in the list, so its snapshot at each epoch's end is the average.
+    average = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.optimizer.ema else []
+
     start = time.perf_counter()
     fit = trained.fit(
         train_ds,
@@ -149,7 +159,7 @@ def train(
         epochs=cfg.epochs,
         class_weight=class_weights,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=[keras.callbacks.TerminateOnNaN(), best, *callbacks],
+        callbacks=[keras.callbacks.TerminateOnNaN(), *average, best, *callbacks],
         verbose=cfg.trainer.verbose,
     )
     timings["fit_seconds"] = time.perf_counter() - start

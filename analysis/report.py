@@ -421,7 +421,7 @@ def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> l
     return files
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     def cell(v) -> str:
         return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).replace("|", "\\|")
 
@@ -445,7 +445,7 @@ def _markdown(blocks) -> str:
             case "ul":
                 parts.append("\n".join(f"- {item}" for item in args[0]))
             case "table":
-                parts.append(_md_table(args[0]))
+                parts.append(markdown_table(args[0]))
             case "img":
                 parts.append(f"![{args[1]}]({args[0]})")
     return "\n\n".join(parts) + "\n"

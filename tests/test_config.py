@@ -74,6 +74,8 @@ def test_unknown_model_lists_the_options():
         ("optimizer.schedule=step", "optimizer.schedule", "cosine"),
         ("optimizer.weight_decay=-0.1", "optimizer.weight_decay", ">= 0"),
         ("augmentation.rotation_deg=400", "augmentation.rotation_deg", "[0, 180]"),
+        ("augmentation.aspect=1.5", "augmentation.aspect", "[0, 1)"),
+        ("optimizer.ema=1", "optimizer.ema", "[0, 1)"),
         ("data.root=/nonexistent/chest_xray", "data.root", "train/ and test/"),
     ],
 )

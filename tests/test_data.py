@@ -245,13 +245,33 @@ def test_each_augmentation_range_alone_changes_images(cache_dir):
     data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=8)
     images = tf.constant(data.train.images[:8], tf.float32)
     seed = tf.constant([3, 4])
-    for key in ("rotation_deg", "shift", "zoom", "brightness", "contrast"):
+    ranges = ("rotation_deg", "shift", "zoom", "aspect", "brightness", "contrast")
+    for key in ranges:
         only = xray.copy()
-        for other in ("rotation_deg", "shift", "zoom", "brightness", "contrast"):
-            only[other] = xray[other] if other == key else 0
+        for other in ranges:
+            only[other] = (xray[other] or 0.3) if other == key else 0  # xray has no aspect stretch
         out = build_augmentation(only)(images, seed).numpy()
         assert out.shape == images.shape and not np.allclose(out, images.numpy(), atol=0.5), key
     identity = xray.copy()
-    for key in ("rotation_deg", "shift", "zoom", "brightness", "contrast"):
+    for key in ranges:
         identity[key] = 0
     assert build_augmentation(identity) is None
+
+
+def test_aspect_stretch_changes_the_width_height_ratio_not_the_area():
+    import tensorflow as tf
+
+    from ablation.pipeline import build_augmentation
+
+    aspect = 0.3
+    only = compose_config("augmentation=none", f"augmentation.aspect={aspect}").augmentation
+    square = np.zeros((64, 96, 96, 1), np.float32)
+    square[:, 28:68, 28:68] = 255  # a centred 40 px square
+    out = build_augmentation(only)(tf.constant(square), tf.constant([5, 6])).numpy()[..., 0] > 127
+    widths, heights = out.any(axis=1).sum(axis=1), out.any(axis=2).sum(axis=1)
+    ratios = widths / heights
+    # Ratios spread over [1 / (1 + aspect), 1 + aspect] (up to a pixel of rounding) ...
+    assert ratios.min() < 0.9 and ratios.max() > 1.1
+    assert ratios.min() > 1 / (1 + aspect) - 0.06 and ratios.max() < 1 + aspect + 0.06
+    # ... and each stretch keeps the area: one side grows as the other shrinks.
+    np.testing.assert_allclose(out.sum(axis=(1, 2)), 40 * 40, rtol=0.08)

@@ -235,3 +235,53 @@ def test_find_images_searches_folders_recursively_in_any_case(tmp_path):
     assert problems == {str(tmp_path / "gone"): "no such file or folder"}
     (tmp_path / "empty").mkdir()
     assert "no .jpeg/.jpg/.png files" in predict.find_images([tmp_path / "empty"])[1][str(tmp_path / "empty")]
+
+
+def test_stretch_width_widens_and_narrows_about_the_centre():
+    from analysis.stretch import stretch_width
+
+    bar = np.zeros((40, 40), np.uint8)
+    bar[:, 10:30] = 255  # a centred 20 px wide bar
+    np.testing.assert_array_equal(stretch_width(bar, 1.0), bar)
+    for factor, width in ((1.5, 30), (0.5, 10)):
+        out = stretch_width(bar, factor)
+        columns = np.flatnonzero(out[20] > 127)
+        assert out.shape == bar.shape and abs(len(columns) - width) <= 1
+        assert abs(columns.mean() - 19.5) <= 1  # still centred
+
+
+def test_stretch_probe_scores_the_runs_own_splits(trained, tmp_path, capsys):
+    from analysis.__main__ import main
+
+    out = tmp_path / "stretch.csv"
+    assert (
+        main(
+            [
+                "stretch",
+                "--run-id",
+                trained.run_id,
+                "--tracking-uri",
+                trained.uri,
+                "--factors",
+                "0.8,1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "| test | 1.0 |" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert list(zip(table.split, table.width_factor, strict=True)) == [
+        ("val", 0.8),
+        ("val", 1.0),
+        ("test", 0.8),
+        ("test", 1.0),
+    ]
+    # Unstretched, the probe sees exactly what the run was scored on.
+    logged = mlflow.MlflowClient(trained.uri).get_run(trained.run_id).data.metrics
+    unstretched = table.set_index(["split", "width_factor"]).loc[("test", 1.0)]
+    assert unstretched.auc == pytest.approx(logged["test_auc"], abs=1e-6)
+    assert unstretched.accuracy == pytest.approx(logged["test_accuracy"], abs=1e-6)
+    assert main(["stretch", "--run-id", trained.run_id, "--tracking-uri", trained.uri, "--factors", "0,1"]) == 2
+    assert "--factors '0,1'" in capsys.readouterr().err

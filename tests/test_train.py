@@ -69,6 +69,23 @@ def test_weight_decay_turns_adam_into_adamw(weight_decay, tiny_cfg):
     assert _optimizer(tiny_cfg, steps_per_epoch=10).weight_decay == (weight_decay or None)
 
 
+def test_weight_average_is_what_validation_saw_and_what_is_kept(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.trainer.monitor = "val_loss"
+    plain = train(tiny_cfg)
+    tiny_cfg.optimizer.ema = 0.9
+    result = train(tiny_cfg)
+    # The average leaves training alone (but for the round-off of Keras' in-place arithmetic swap) and
+    # changes what validation sees.
+    assert result.history["loss"] == pytest.approx(plain.history["loss"], rel=1e-5)
+    assert result.history["val_loss"] != plain.history["val_loss"]
+    val = result.data.val
+    # The kept model is the average at the best epoch: it reproduces that epoch's validation loss,
+    # which the training weights (what a run without the swap keeps) do not.
+    kept_loss = result.model.evaluate(val.images.astype(np.float32), val.labels, verbose=0, return_dict=True)["loss"]
+    assert kept_loss == pytest.approx(result.history["val_loss"][result.best_epoch - 1], rel=1e-4)
+
+
 def test_non_finite_loss_stops_with_the_reason(tiny_cfg):
     with open_dict(tiny_cfg):
         tiny_cfg.optimizer.lr = 1e30
