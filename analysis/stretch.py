@@ -1,10 +1,11 @@
 """Aspect-ratio probe: does a run's model read the class from how wide the chest looks?
 
-Every X-ray reaches the network squashed to a square from whatever width/height ratio it had, and in the
-Kermany data that ratio differs by class and by split. This scores a logged run's model on its own
-validation and test images (the files its `val_predictions.csv` and `test_predictions.csv` list), each
-stretched to `factor` times its width about the centre (cropped when wider, black at the sides when
-narrower). A model that reads the class from the chest's shape, not its content, swings with the factor.
+Every X-ray reaches the network squashed to a square from whatever width/height ratio it had, so the
+chest's apparent width can carry a cue that holds on one split and not on another (docs/results.md). This
+scores a logged run's model on its own validation and test images (the files its `val_predictions.csv` and
+`test_predictions.csv` list), each stretched to `factor` times its width about the centre (cropped when
+wider, black at the sides when narrower). A model that reads the class from the chest's shape, not its
+content, swings with the factor.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def probe(client: MlflowClient, run_id: str, factors: Sequence[float]) -> pd.Dat
             except (MlflowException, OSError) as error:
                 raise AnalysisError(f"run {run_id} has no {split}_predictions.csv ({type(error).__name__})") from error
             labels = listed["label"].to_numpy()
-            images = [decode_image(Path(f), loaded.image_size) for f in listed["file"]]
+            try:
+                images = [decode_image(Path(f), loaded.image_size) for f in listed["file"]]
+            except OSError as error:  # the data moved since the run: name the file
+                raise AnalysisError(f"run {run_id}: cannot read an image its {split} split listed: {error}") from error
             for factor in factors:
                 inputs = to_model_input([stretch_width(image, factor) for image in images], channels)
                 p = probabilities(loaded.model, inputs)
