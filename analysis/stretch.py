@@ -19,9 +19,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from ablation.data import decode_image
 from ablation.metrics import binary_metrics
-from ablation.predict import load_run, probabilities, to_model_input
+from ablation.predict import decode_many, load_run, probabilities, to_model_input
 from analysis.runs import AnalysisError
 
 SPLITS = ("val", "test")
@@ -53,10 +52,11 @@ def probe(client: MlflowClient, run_id: str, factors: Sequence[float]) -> pd.Dat
             except (MlflowException, OSError) as error:
                 raise AnalysisError(f"run {run_id} has no {split}_predictions.csv ({type(error).__name__})") from error
             labels = listed["label"].to_numpy()
-            try:
-                images = [decode_image(Path(f), loaded.image_size) for f in listed["file"]]
-            except OSError as error:  # the data moved since the run: name the file
-                raise AnalysisError(f"run {run_id}: cannot read an image its {split} split listed: {error}") from error
+            images = decode_many([Path(f) for f in listed["file"]], loaded.image_size)
+            unreadable = [(f, d) for f, d in zip(listed["file"], images, strict=True) if isinstance(d, str)]
+            if unreadable:  # the data moved or changed since the run: name the file
+                file, reason = unreadable[0]
+                raise AnalysisError(f"run {run_id}: cannot read {file}, listed in its {split} split ({reason})")
             for factor in factors:
                 inputs = to_model_input([stretch_width(image, factor) for image in images], channels)
                 p = probabilities(loaded.model, inputs)
