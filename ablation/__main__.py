@@ -15,10 +15,12 @@ register()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> dict:
-    from ablation.job import run_job
+def main(cfg: DictConfig) -> float:
+    """One job; returns the kept epoch's validation metric (`trainer.monitor`, never a test metric), so that an
+    optimising sweeper (Optuna) can drive a sweep. Imports no framework: the job pins its GPU first."""
+    from ablation.job import objective, run_job
 
-    return run_job(cfg)
+    return objective(run_job(cfg), cfg)
 
 
 if __name__ == "__main__":

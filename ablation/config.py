@@ -1,22 +1,54 @@
-"""Typed schema of the Hydra config (`conf/train.yaml`) and the range checks run before any training.
+"""Typed schema of the Hydra config (`conf/train.yaml`), the range checks run before any training, and
+what one configuration is.
 
-OmegaConf enforces the types at composition time (`dropout=abc` fails there); `validate` enforces
-the ranges, so that `python -m ablation dropout=1.5` is refused before a run exists.
+OmegaConf enforces the types and the string choices (Enums) at composition time (`dropout=abc` and
+`trainer.precision=float16` fail there); `validate` enforces the ranges, so that `python -m ablation
+dropout=1.5` is refused before a run exists. `config_hash` (resume) and `is_configuration_key`
+(analysis' factors) share one definition of what is not part of a configuration. No Keras here: the
+job imports this module before it pins a GPU.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 MODELS = ("cnn", "resnet18", "resnet50")
 CLASS_WEIGHTINGS = ("none", "balanced", "oversample")
-MONITORS = {"val_auc": "max", "val_loss": "min"}  # checkpoint criterion -> direction
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-SCHEDULES = ("constant", "cosine")
+# Keys that locate, label or display things rather than define the training: two runs that differ only
+# in them are one configuration (resume skips the second; analysis never takes them for a factor).
+NOT_CONFIGURATION = ("tracking", "paths", "hydra", "data.root", "data.cache_dir", "trainer.verbose")
+
+
+class Precision(StrEnum):
+    float32 = "float32"
+    mixed_float16 = "mixed_float16"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
+class Monitor(StrEnum):
+    val_auc = "val_auc"
+    val_loss = "val_loss"
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class AugmentOn(StrEnum):
+    data = "data"  # in the tf.data pipeline, on the CPU
+    model = "model"  # as the model's first layer, where the model runs
+
+
+MONITORS = {Monitor.val_auc: "max", Monitor.val_loss: "min"}  # checkpoint criterion -> direction
 
 
 @dataclass
@@ -45,20 +77,20 @@ class ClassWeightingConf:
 class OptimizerConf:
     name: str = "adam"
     lr: float = 1e-3
-    schedule: str = "constant"
+    schedule: Schedule = Schedule.constant
     weight_decay: float = 0.0
     ema: float = 0.0
 
 
 @dataclass
 class TrainerConf:
-    monitor: str = "val_auc"
+    monitor: Monitor = Monitor.val_auc
     patience: int | None = None
     threshold: float = 0.5
     tune_threshold: bool = False
     label_smoothing: float = 0.0
-    precision: str = "float32"
-    augment_on: str = "data"
+    precision: Precision = Precision.float32
+    augment_on: AugmentOn = AugmentOn.data
     jit_compile: bool = False
     steps_per_execution: int = 1
     deterministic: bool = True
@@ -110,6 +142,35 @@ def register() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
 
 
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """Every leaf of the resolved config under its dotted name, as text (Enums by name)."""
+    flat: dict[str, str] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
+    return flat
+
+
+def is_configuration_key(key: str) -> bool:
+    """Whether a dotted key (a config leaf, an MLflow param) is part of what defines a configuration."""
+    return not any(key == part or key.startswith(f"{part}.") for part in NOT_CONFIGURATION)
+
+
+def configuration(params: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in params.items() if is_configuration_key(key)}
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Identity of a training configuration: what resume matches a FINISHED run on."""
+    return hashlib.sha256(json.dumps(configuration(flatten(cfg)), sort_keys=True).encode()).hexdigest()[:16]
+
+
 class ConfigError(ValueError):
     """A config value outside its allowed range."""
 
@@ -130,7 +191,6 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a float > 0")
     _check(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", cfg.optimizer.weight_decay, "a float >= 0")
     _check(0 <= cfg.optimizer.ema < 1, "optimizer.ema", cfg.optimizer.ema, "a momentum in [0, 1); 0 turns it off")
-    _check(cfg.optimizer.schedule in SCHEDULES, "optimizer.schedule", cfg.optimizer.schedule, str(SCHEDULES))
     weighting = cfg.class_weighting.name
     _check(weighting in CLASS_WEIGHTINGS, "class_weighting", weighting, f"one of {CLASS_WEIGHTINGS}")
 
@@ -140,7 +200,6 @@ def validate(cfg: DictConfig) -> None:
         _check(0 <= aug[key] < 1, f"augmentation.{key}", aug[key], "a fraction in [0, 1)")
 
     trainer = cfg.trainer
-    _check(trainer.monitor in MONITORS, "trainer.monitor", trainer.monitor, f"one of {tuple(MONITORS)}")
     _check(
         trainer.patience is None or trainer.patience >= 1,
         "trainer.patience",
@@ -151,8 +210,6 @@ def validate(cfg: DictConfig) -> None:
     _check(
         0 <= trainer.label_smoothing < 0.5, "trainer.label_smoothing", trainer.label_smoothing, "a float in [0, 0.5)"
     )
-    _check(trainer.precision in PRECISIONS, "trainer.precision", trainer.precision, f"one of {PRECISIONS}")
-    _check(trainer.augment_on in ("data", "model"), "trainer.augment_on", trainer.augment_on, "data or model")
     _check(trainer.steps_per_execution >= 1, "trainer.steps_per_execution", trainer.steps_per_execution, "an int >= 1")
 
     data = cfg.data

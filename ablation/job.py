@@ -1,28 +1,42 @@
-"""One job of `python -m ablation`: validate, skip if done, train, record in MLflow, end the run.
+"""One job of `python -m ablation`: pin a GPU, validate, skip if done, train, record in MLflow, end the run.
 
 A job's run ends FINISHED, FAILED (the message in the `error` tag) or KILLED (Ctrl-C, SIGTERM);
-never RUNNING through anything Python can see. In a sweep, a failed job does not stop the others.
+never RUNNING through anything Python can see (`run_lifecycle`). In a sweep, a failed job does not
+stop the others. Nothing here imports Keras or TensorFlow: only the training step does, after the
+job has been pinned to its GPU.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
+import math
 import signal
-import subprocess
-import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ablation import tracking
-from ablation.config import ConfigError, validate
+from ablation import devices, sweep, tracking
+from ablation.config import ConfigError, config_hash, validate
 
 log = logging.getLogger(__name__)
+
+DEVICES_TAG = "ablation.cuda_visible_devices"
+
+
+@dataclass
+class Outcome:
+    """How a run ended, and the fields its line in the sweep's jobs file gets."""
+
+    status: str = "RUNNING"
+    error: str | None = None
+    fields: dict = field(default_factory=dict)
 
 
 def _raise_interrupt(signum, frame):
@@ -43,114 +57,169 @@ def _interrupt_behind(error: BaseException) -> BaseException | None:
     return None
 
 
-def pin_gpu(job_num: int) -> None:
-    """Give a parallel job one GPU, round-robin by job number (k jobs per card when n_jobs = k x cards).
+def _killed_message(interrupt: BaseException) -> str:
+    if isinstance(interrupt, SystemExit):
+        # submitit's handler of SLURM's preemption or time-limit signal: it requeued the job, and the
+        # sweep (and its parent run) goes on.
+        return f"interrupted (exit {interrupt.code}: preempted or timed out, requeued by the scheduler)"
+    return f"interrupted ({str(interrupt) or 'Ctrl-C'})"  # Ctrl-C's KeyboardInterrupt has no text
 
-    Only before TensorFlow starts in this process, and never over a scheduler's own choice
-    (SLURM and Ray set CUDA_VISIBLE_DEVICES themselves).
+
+@contextmanager
+def run_lifecycle(
+    client,
+    run_id: str,
+    parent: str | None = None,
+    raise_failures: bool = True,
+    on_end: Callable[[Outcome], None] = lambda outcome: None,
+) -> Iterator[Outcome]:
+    """End the run FINISHED, FAILED (error tag, exception logged) or KILLED (Ctrl-C, SIGTERM, a scheduler's exit,
+    or such an interrupt that a library's clean-up turned into another error), calling `on_end` first.
+
+    An interrupt always propagates (Ctrl-C also ends the sweep's parent run); a failure propagates only with
+    `raise_failures` (a sweep's job returns instead, so the other jobs go on).
     """
-    if "tensorflow" in sys.modules or "CUDA_VISIBLE_DEVICES" in os.environ or not shutil.which("nvidia-smi"):
-        return
-    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
-    gpus = [line for line in listing.splitlines() if line.startswith("GPU ")]
-    if len(gpus) > 1:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(job_num % len(gpus))
-        log.info("job %d pinned to GPU %s", job_num, os.environ["CUDA_VISIBLE_DEVICES"])
-
-
-def run_job(cfg: DictConfig) -> dict:
-    """Run one configuration; returns the job's entry in the sweep table."""
-    hydra = HydraConfig.get()
-    in_sweep = hydra.mode == RunMode.MULTIRUN
-    sweep_dir = Path(hydra.sweep.dir)
-    out_dir = Path(hydra.runtime.output_dir)
-    task = [tracking.redact(override) for override in hydra.overrides.task]  # `tracking.uri=http://u:PASS@...`
-    overrides = " ".join(task)
-    entry: dict = {"job": hydra.job.num if in_sweep else 0, "overrides": overrides}
-
-    def finish(status: str, **fields) -> dict:
-        entry.update(status=status, **fields)
-        if in_sweep:
-            tracking.append_job(sweep_dir, entry)
-        return entry
-
-    pin_gpu(entry["job"])  # before validate: it imports Keras, which starts TensorFlow
-    try:
-        validate(cfg)
-    except ConfigError as error:
-        log.error("refused %s: %s", overrides or "the run", error)
-        finish("REFUSED", error=str(error))
-        if in_sweep:
-            return entry
-        raise
-
-    # Serialises the first touch of a fresh store (schema migration) across parallel jobs: MlflowClient
-    # opens its store, and so migrates a fresh SQLite file, as it is built.
-    Path(cfg.paths.runs).mkdir(parents=True, exist_ok=True)
-    with tracking.FileLock(str(Path(cfg.paths.runs) / "mlflow-init.lock")):
-        client = tracking.client(cfg.tracking.uri)
-        experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_location)
-        tracking.reap_stale_runs(client, experiment_id)
-    digest = tracking.config_hash(cfg)
-    if cfg.tracking.skip_finished:
-        done = tracking.finished_run(client, experiment_id, digest)
-        if done:
-            log.info(
-                "skipped (already FINISHED as run %s): %s; tracking.skip_finished=false re-runs it", done, overrides
-            )
-            return finish("SKIPPED", run_id=done)
-
-    tags = {
-        tracking.ROLE: "job",
-        tracking.CONFIG_HASH: digest,
-        "hydra.overrides": overrides,
-        "git_commit": tracking.git_commit(cfg.paths.root),
-        **tracking.process_tags(),
-    }
-    parent = None
-    if in_sweep:
-        parent = tracking.sweep_parent(client, experiment_id, sweep_dir, cfg.tracking.uri)
-        tags[tracking.PARENT] = parent
-    run_name = (", ".join(task) or cfg.model.name)[:250]  # a longer name fails on PostgreSQL (VARCHAR(250))
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    entry["run_id"] = run_id
-    log.info("MLflow run %s (%s) in experiment %r", run_id, overrides or "defaults", cfg.tracking.experiment)
-
-    def killed(interrupt: BaseException) -> None:
-        message = f"interrupted ({str(interrupt) or 'Ctrl-C'})"  # Ctrl-C's KeyboardInterrupt has no text
-        if isinstance(interrupt, SystemExit):
-            # submitit's handler of SLURM's preemption or time-limit signal: it requeued the job, and the
-            # sweep (and its parent run) goes on.
-            message = f"interrupted (exit {interrupt.code}: preempted or timed out, requeued by the scheduler)"
-        tracking.end_run(client, run_id, "KILLED", message)
-        if parent and isinstance(interrupt, KeyboardInterrupt):
-            tracking.end_run(client, parent, "KILLED", message)
-        finish("KILLED", error=message)
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)  # scancel and kill end the run KILLED, like Ctrl-C
-    try:
-        from ablation.train import train  # TensorFlow loads only for a job that trains
+    outcome = Outcome()
 
-        tracking.log_params(client, run_id, tracking.run_params(cfg))
-        result = train(cfg, callbacks=[tracking.EpochLogger(client, run_id)])
-        tracking.log_result(client, run_id, cfg, result, out_dir)
+    def killed(interrupt: BaseException) -> None:
+        outcome.status, outcome.error = "KILLED", _killed_message(interrupt)
+        tracking.end_run(client, run_id, "KILLED", outcome.error)
+        if parent and isinstance(interrupt, KeyboardInterrupt):
+            tracking.end_run(client, parent, "KILLED", outcome.error)
+        on_end(outcome)
+
+    try:
+        yield outcome
     except (KeyboardInterrupt, SystemExit) as interrupt:
         killed(interrupt)
         raise
     except Exception as error:
         interrupt = _interrupt_behind(error)
-        if interrupt is not None:  # a library's clean-up turned the interrupt into another error
+        if interrupt is not None:
             killed(interrupt)
             raise interrupt from error
-        message = tracking.redact(f"{type(error).__name__}: {error}")
-        log.exception("job failed: %s", overrides)
-        tracking.end_run(client, run_id, "FAILED", message)
-        finish("FAILED", error=message)
-        if in_sweep:
+        outcome.status, outcome.error = "FAILED", tracking.redact(f"{type(error).__name__}: {error}")
+        log.exception("run %s failed", run_id)
+        tracking.end_run(client, run_id, "FAILED", outcome.error)
+        on_end(outcome)
+        if raise_failures:
+            raise
+    else:
+        outcome.status = "FINISHED"
+        tracking.end_run(client, run_id, "FINISHED")
+        on_end(outcome)
+
+
+@dataclass
+class Job:
+    """Where a job stands in its sweep, from Hydra's runtime config."""
+
+    num: int
+    in_sweep: bool
+    sweep_dir: Path
+    out_dir: Path
+    task: list[str]  # its overrides, passwords redacted (`tracking.uri=http://u:PASS@...`)
+
+    @classmethod
+    def current(cls) -> Job:
+        hydra = HydraConfig.get()
+        in_sweep = hydra.mode == RunMode.MULTIRUN
+        return cls(
+            num=hydra.job.num if in_sweep else 0,
+            in_sweep=in_sweep,
+            sweep_dir=Path(hydra.sweep.dir),
+            out_dir=Path(hydra.runtime.output_dir),
+            task=[tracking.redact(override) for override in hydra.overrides.task],
+        )
+
+    @property
+    def overrides(self) -> str:
+        return " ".join(self.task)
+
+
+def open_store(cfg: DictConfig):
+    """The MLflow client and experiment id, with this experiment's dead runs reaped.
+
+    The lock serialises the first touch of a fresh store (schema migration) across parallel jobs:
+    MlflowClient opens its store, and so migrates a fresh SQLite file, as it is built.
+    """
+    Path(cfg.paths.runs).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(Path(cfg.paths.runs) / "mlflow-init.lock")):
+        client = tracking.client(cfg.tracking.uri)
+        experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_location)
+        tracking.reap_stale_runs(client, experiment_id)
+    return client, experiment_id
+
+
+def _train_and_log(cfg: DictConfig, client, run_id: str, out_dir: Path) -> dict:
+    """Train, write the run's files, upload them; the fields of the job's line."""
+    from ablation import artifacts  # Keras and TensorFlow load here, after the GPU is pinned
+    from ablation.train import EpochLogger, train
+
+    tracking.log_params(client, run_id, tracking.run_params(cfg))
+    result = train(cfg, callbacks=[EpochLogger(lambda epoch, m: tracking.log_epoch(client, run_id, epoch, m))])
+    tracking.log_outputs(client, run_id, artifacts.write(cfg, result, out_dir / "artifacts"), out_dir / "artifacts")
+    monitor = f"kept_{cfg.trainer.monitor}"
+    auc, accuracy = result.test_metrics["auc"], result.test_metrics["accuracy"]
+    log.info("finished run %s: test AUC %.4f, accuracy %.4f", run_id, auc, accuracy)
+    return {"test_auc": round(float(auc), 4), monitor: result.kept_metrics[str(cfg.trainer.monitor)]}
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """Run one configuration; returns the job's entry in the sweep table."""
+    job = Job.current()
+    entry: dict = {"job": job.num, "overrides": job.overrides}
+
+    def finish(status: str, error: str | None = None, **fields) -> dict:
+        entry.update(status=status, **fields, **({"error": error} if error else {}))
+        if job.in_sweep:
+            sweep.append_job(job.sweep_dir, entry)
+        return entry
+
+    visible = devices.pin_gpu(job.num)  # first: a framework reads CUDA_VISIBLE_DEVICES once, when it starts
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        log.error("refused %s: %s", job.overrides or "the run", error)
+        finish("REFUSED", error=str(error))
+        if job.in_sweep:
             return entry
         raise
-    tracking.end_run(client, run_id, "FINISHED")
-    auc = result.test_metrics["auc"]
-    log.info("finished run %s: test AUC %.4f, accuracy %.4f", run_id, auc, result.test_metrics["accuracy"])
-    return finish("FINISHED", test_auc=round(float(auc), 4))
+
+    client, experiment_id = open_store(cfg)
+    digest = config_hash(cfg)
+    monitor = f"kept_{cfg.trainer.monitor}"
+    if cfg.tracking.skip_finished and (done := tracking.finished_run(client, experiment_id, digest)):
+        log.info(
+            "skipped (already FINISHED as run %s): %s; tracking.skip_finished=false re-runs it", done, job.overrides
+        )
+        return finish("SKIPPED", run_id=done, **{monitor: tracking.run_metric(client, done, monitor)})
+
+    tags = {
+        tracking.ROLE: "job",
+        tracking.CONFIG_HASH: digest,
+        "hydra.overrides": job.overrides,
+        "git_commit": tracking.git_commit(cfg.paths.root),
+        **tracking.process_tags(),
+        **({DEVICES_TAG: visible} if visible is not None else {}),
+    }
+    parent = None
+    if job.in_sweep:
+        parent = sweep.parent_run(client, experiment_id, job.sweep_dir, cfg.tracking.uri)
+        tags[tracking.PARENT] = parent
+    run_id = tracking.create_run(client, experiment_id, ", ".join(job.task) or cfg.model.name, tags)
+    entry["run_id"] = run_id
+    log.info("MLflow run %s (%s) in experiment %r", run_id, job.overrides or "defaults", cfg.tracking.experiment)
+
+    end = lambda outcome: finish(outcome.status, outcome.error, **outcome.fields)  # noqa: E731
+    with run_lifecycle(client, run_id, parent, raise_failures=not job.in_sweep, on_end=end) as outcome:
+        outcome.fields = _train_and_log(cfg, client, run_id, job.out_dir)
+    return entry
+
+
+def objective(entry: dict, cfg: DictConfig) -> float:
+    """The kept epoch's validation metric (`trainer.monitor`) for an optimising sweeper; NaN if it did not train."""
+    value = entry.get(f"kept_{cfg.trainer.monitor}")
+    return math.nan if value is None else float(value)

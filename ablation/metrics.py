@@ -1,10 +1,18 @@
-"""Test metrics and the validation threshold: shared by training (`ablation.train`) and the analysis
+"""Test metrics, the validation threshold and logits to probabilities: shared by training
+(`ablation.train`), prediction (`ablation.predict`, `ablation.stretch`) and the analysis
 (`analysis.transfer`), which must score predictions exactly alike. No TensorFlow here."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn import metrics
+
+
+def sigmoid(logits) -> np.ndarray:
+    """Pneumonia probabilities (float64) from the model's logits, any shape."""
+    x = np.asarray(logits, dtype=np.float64)
+    with np.errstate(over="ignore"):  # exp(-logit) overflows to inf for a very negative logit: p = 0
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:

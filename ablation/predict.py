@@ -37,9 +37,11 @@ from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ablation.data import CLASSES, decode_image  # noqa: E402
+from ablation.metrics import sigmoid  # noqa: E402
+from ablation.store import default_tracking_uri, missing_sqlite_store  # noqa: E402
+from ablation.tracking import ROLE  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-ROLE = "ablation.role"  # = ablation.tracking.ROLE; not imported from there, which loads Keras
 MODEL_ARTIFACT = "model/model.keras"
 CONFIG_ARTIFACT = "config.yaml"
 DEFAULT_THRESHOLD = 0.5
@@ -51,16 +53,9 @@ class PredictError(RuntimeError):
     """The run, its model or its config cannot be used; nothing was predicted."""
 
 
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'runs' / 'mlflow.db'}"
-
-
-def _check_store(uri: str) -> None:
-    # MLflow would silently create an empty SQLite store and then report every run as missing.
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise PredictError(f"no MLflow store at {db} (tracking URI {uri}); pass --tracking-uri")
+def check_store(uri: str) -> None:
+    if (db := missing_sqlite_store(uri)) is not None:
+        raise PredictError(f"no MLflow store at {db} (tracking URI {uri}); pass --tracking-uri")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -179,8 +174,8 @@ def to_model_input(pixels: Sequence[np.ndarray], channels: int) -> np.ndarray:
 
 
 def probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    logits = model.predict(images, batch_size=batch_size, verbose=0).astype(np.float64).ravel()
-    return 1.0 / (1.0 + np.exp(-logits))
+    """The model's pneumonia probability for each image, float64."""
+    return sigmoid(model.predict(images, batch_size=batch_size, verbose=0).ravel())
 
 
 def _unique(path: Path, used: set[Path]) -> Path:
@@ -272,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     files, problems = find_images(args.paths)
     try:
-        _check_store(args.tracking_uri)
+        check_store(args.tracking_uri)
         client = MlflowClient(tracking_uri=args.tracking_uri)
         if args.experiment is not None:
             run = best_run(client, args.experiment, args.best)

@@ -1,4 +1,4 @@
-"""The training loop: `train(cfg)` alone compiles, fits and evaluates. Used by `python -m ablation`.
+"""The training loop: `train(cfg)` alone fits and evaluates (compiled by `compile_model`). Used by `python -m ablation`.
 
 The kept model is the epoch with the best `trainer.monitor` on validation (default: validation ROC
 AUC, which ignores the threshold and the class balance); the threshold is `trainer.threshold` or,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import keras
@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from tensorflow.python.framework import config as tf_config  # disable_op_determinism has no public alias
 
 from ablation import pipeline
-from ablation.config import MONITORS
+from ablation.config import MONITORS, AugmentOn, Schedule
 from ablation.data import ChestXray, load_data
 from ablation.metrics import binary_metrics, youden_threshold
 from ablation.models import build_model
@@ -43,6 +43,7 @@ class TrainResult:
     test_probabilities: np.ndarray
     val_probabilities: np.ndarray  # of the kept model: what the threshold is chosen on
     class_weights: dict[int, float] | None
+    kept_metrics: dict[str, float] = field(default_factory=dict)  # validation metrics of the kept epoch
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -55,9 +56,22 @@ def configure_devices() -> None:
             pass
 
 
-def _optimizer(cfg: DictConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def set_up(cfg: DictConfig) -> None:
+    """A clean, seeded framework state for one run: a sweep may run several jobs in one process."""
+    configure_devices()
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg.seed)
+    # Deterministic ops also turn XLA off (Keras refuses jit_compile under op determinism).
+    if cfg.trainer.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()
+    keras.mixed_precision.set_global_policy(str(cfg.trainer.precision))
+
+
+def build_optimizer(cfg: DictConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     lr = cfg.optimizer.lr
-    if cfg.optimizer.schedule == "cosine":
+    if cfg.optimizer.schedule == Schedule.cosine:
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
     # Keras applies weight decay decoupled from the gradient step (AdamW); None leaves it off.
     ema = cfg.optimizer.ema
@@ -69,7 +83,7 @@ def _optimizer(cfg: DictConfig, steps_per_epoch: int) -> keras.optimizers.Optimi
     )
 
 
-def _metrics() -> list[keras.metrics.Metric]:
+def training_metrics() -> list[keras.metrics.Metric]:
     # The model outputs logits: thresholds at 0 are probability 0.5.
     return [
         keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),
@@ -79,24 +93,80 @@ def _metrics() -> list[keras.metrics.Metric]:
     ]
 
 
-def _predict(model: keras.Model, ds: tf.data.Dataset) -> np.ndarray:
+def compile_model(model: keras.Model, cfg: DictConfig, train_images: int) -> None:
+    """Compile exactly as every run does (the benchmark compiles through this too)."""
+    model.compile(
+        optimizer=build_optimizer(cfg, math.ceil(train_images / cfg.batch_size)),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=cfg.trainer.label_smoothing),
+        metrics=training_metrics(),
+        jit_compile=cfg.trainer.jit_compile,
+        steps_per_execution=cfg.trainer.steps_per_execution,
+    )
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Hands each epoch's metrics and learning rate to `record(epoch, metrics)`, epoch 1-based (tracking's job)."""
+
+    def __init__(self, record: Callable[[int, dict[str, float]], None]):
+        super().__init__()
+        self.record = record
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        lr = self.model.optimizer.learning_rate
+        self.record(epoch + 1, {**(logs or {}), "learning_rate": float(keras.ops.convert_to_numpy(lr))})
+
+
+def predict_probabilities(model: keras.Model, ds: tf.data.Dataset) -> np.ndarray:
     logits = model.predict(ds, verbose=0).astype(np.float64).ravel()
     return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _with_device_augmentation(model: keras.Model, augment: pipeline.Augment, seed: int) -> keras.Model:
+    """Augmentation as the first layer: it runs where the model runs (the GPU) and only in training.
+
+    The kept model is the bare network, so inference and saved models never carry it.
+    """
+    inputs = keras.Input(model.input_shape[1:])
+    augmented = pipeline.DeviceAugmentation(augment, seed, name="augmentation")(inputs)
+    return keras.Model(inputs, model(augmented), name=f"{model.name}_augmented")
+
+
+def _fit(
+    cfg: DictConfig, trained: keras.Model, data: ChestXray, datasets, callbacks
+) -> tuple[dict[str, list[float]], keras.callbacks.EarlyStopping]:
+    train_ds, val_ds = datasets
+    best = keras.callbacks.EarlyStopping(
+        monitor=str(cfg.trainer.monitor),
+        mode=MONITORS[cfg.trainer.monitor],
+        patience=cfg.trainer.patience or cfg.epochs,
+        restore_best_weights=True,  # also at the end of a full run: the kept model is the best epoch
+    )
+    # With a weight average, validation and the kept-epoch snapshot both see the averaged weights:
+    # the swap comes before EarlyStopping in the list, so its snapshot at each epoch's end is the average.
+    average = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.optimizer.ema else []
+    fit = trained.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=cfg.epochs,
+        class_weight=data.class_weights(cfg.class_weighting.name),
+        shuffle=False,  # the tf.data pipeline shuffles
+        callbacks=[keras.callbacks.TerminateOnNaN(), *average, best, *callbacks],
+        verbose=cfg.trainer.verbose,
+    )
+    history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    losses = history.get("loss", [])
+    if not losses or not all(math.isfinite(v) for v in losses):
+        raise NonFiniteLossError(
+            f"non-finite training loss at epoch {len(losses)} (optimizer.lr={cfg.optimizer.lr}); training stopped"
+        )
+    return history, best
 
 
 def train(
     cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (), data: ChestXray | None = None
 ) -> TrainResult:
     """Train one configuration on the real data and evaluate it once on the test split."""
-    configure_devices()
-    keras.backend.clear_session()  # a sweep runs jobs in one process: start each from a clean state
-    keras.utils.set_random_seed(cfg.seed)
-    # Deterministic ops also turn XLA off (Keras refuses jit_compile under op determinism).
-    if cfg.trainer.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    else:
-        tf_config.disable_op_determinism()
-    keras.mixed_precision.set_global_policy(cfg.trainer.precision)
+    set_up(cfg)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -110,72 +180,35 @@ def train(
             cfg.data.max_train_per_class,
         )
     timings["data_seconds"] = time.perf_counter() - start
-    weighting = cfg.class_weighting.name
-    class_weights = data.class_weights(weighting)
 
     augment = pipeline.build_augmentation(cfg.augmentation)
-    on_device = cfg.trainer.augment_on == "model"
+    on_device = cfg.trainer.augment_on == AugmentOn.model
     train_ds = pipeline.train_dataset(
         data.train.images,
         data.train.labels,
         cfg.batch_size,
         cfg.seed,
         augment=None if on_device else augment,
-        oversample=weighting == "oversample",
+        oversample=cfg.class_weighting.name == "oversample",
     )
     val_ds = pipeline.eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
     test_ds = pipeline.eval_dataset(data.test.images, data.test.labels, cfg.batch_size)
 
     model = build_model(cfg.model.name, data.train.images.shape[1:], cfg.dropout, cfg.batchnorm)
-    trained = model
-    if on_device and augment is not None:
-        # Augmentation as the first layer: it runs where the model runs (the GPU) and only in training.
-        # The kept model is the bare network, so inference and saved models never carry it.
-        inputs = keras.Input(model.input_shape[1:])
-        augmented = pipeline.DeviceAugmentation(augment, cfg.seed, name="augmentation")(inputs)
-        trained = keras.Model(inputs, model(augmented), name=f"{model.name}_augmented")
-    trained.compile(
-        optimizer=_optimizer(cfg, math.ceil(len(data.train.labels) / cfg.batch_size)),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=cfg.trainer.label_smoothing),
-        metrics=_metrics(),
-        jit_compile=cfg.trainer.jit_compile,
-        steps_per_execution=cfg.trainer.steps_per_execution,
-    )
-    best = keras.callbacks.EarlyStopping(
-        monitor=cfg.trainer.monitor,
-        mode=MONITORS[cfg.trainer.monitor],
-        patience=cfg.trainer.patience or cfg.epochs,
-        restore_best_weights=True,  # also at the end of a full run: the kept model is the best epoch
-    )
-
-    # With a weight average, validation and the kept-epoch snapshot both see the averaged weights:
-    # the swap comes before EarlyStopping in the list, so its snapshot at each epoch's end is the average.
-    average = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.optimizer.ema else []
+    trained = _with_device_augmentation(model, augment, cfg.seed) if on_device and augment else model
+    compile_model(trained, cfg, len(data.train.labels))
 
     start = time.perf_counter()
-    fit = trained.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=cfg.epochs,
-        class_weight=class_weights,
-        shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=[keras.callbacks.TerminateOnNaN(), *average, best, *callbacks],
-        verbose=cfg.trainer.verbose,
-    )
+    history, best = _fit(cfg, trained, data, (train_ds, val_ds), callbacks)
     timings["fit_seconds"] = time.perf_counter() - start
-    history = {k: [float(v) for v in values] for k, values in fit.history.items()}
-    losses = history.get("loss", [])
-    if not losses or not all(math.isfinite(v) for v in losses):
-        raise NonFiniteLossError(
-            f"non-finite training loss at epoch {len(losses)} (optimizer.lr={cfg.optimizer.lr}); training stopped"
-        )
+    kept = best.best_epoch  # 0-based
 
     start = time.perf_counter()
     threshold = cfg.trainer.threshold
-    val_probabilities = _predict(model, val_ds)
+    val_probabilities = predict_probabilities(model, val_ds)
     if cfg.trainer.tune_threshold:
         threshold = youden_threshold(data.val.labels, val_probabilities)
-    probabilities = _predict(model, test_ds)
+    probabilities = predict_probabilities(model, test_ds)
     test_metrics = binary_metrics(data.test.labels, probabilities, threshold)
     timings["eval_seconds"] = time.perf_counter() - start
     keras.mixed_precision.set_global_policy("float32")  # the next job in this process starts clean
@@ -184,11 +217,12 @@ def train(
         model=model,
         data=data,
         history=history,
-        best_epoch=best.best_epoch + 1,
+        best_epoch=kept + 1,
         threshold=float(threshold),
         test_metrics=test_metrics,
         test_probabilities=probabilities,
         val_probabilities=val_probabilities,
-        class_weights=class_weights,
+        class_weights=data.class_weights(cfg.class_weighting.name),
+        kept_metrics={k: v[kept] for k, v in history.items() if k.startswith("val_")},
         timings=timings,
     )

@@ -1,6 +1,6 @@
 """Command line: `python -m analysis report [--experiment NAME] [--tracking-uri URI] [--out DIR]
 [--baseline K=V,...] [--sweep RUN_ID | --all-runs]` and `python -m analysis stretch --run-id ID
-[--factors F,...] [--tracking-uri URI] [--out CSV]`."""
+[--factors F,...] [--tracking-uri URI] [--out CSV]` (= `python -m ablation.stretch`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ from analysis.runs import AnalysisError, load_study, tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["stretch"]:
+        # The only place analysis runs ablation code (beyond constants and metric definitions): a CLI forwarder.
+        from ablation.stretch import main as stretch
+
+        return stretch(argv[1:], prog="python -m analysis stretch")
+
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split(":")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser(
@@ -30,18 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     which = report.add_mutually_exclusive_group()
     which.add_argument("--sweep", metavar="RUN_ID", help="sweep parent run to analyse (default: the latest)")
     which.add_argument("--all-runs", action="store_true", help="every job run of the experiment, not one sweep")
-    stretch = commands.add_parser(
-        "stretch", help="a run's validation and test metrics with every image stretched in width (aspect probe)"
+    commands.add_parser(  # listed for --help; its arguments are parsed by `python -m ablation.stretch`
+        "stretch",
+        add_help=False,
+        help="a run's validation and test metrics with every image stretched in width (aspect probe)",
     )
-    stretch.add_argument("--run-id", required=True, help="a finished job run of `python -m ablation`")
-    stretch.add_argument(
-        "--factors", default="0.85,1,1.15", help="width factors, comma-separated (default 0.85,1,1.15)"
-    )
-    stretch.add_argument("--tracking-uri", help="as for report")
-    stretch.add_argument("--out", type=Path, help="also write the table as CSV here")
     args = parser.parse_args(argv)
-    if args.command == "stretch":
-        return _stretch(args)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Imported late so that `--help` and argument errors answer without loading matplotlib.
@@ -58,34 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     if study.parent_id:
         print(f"logged to run {study.parent_id} under artifact path report/")
     print(f"report: {out / 'report.html'}")
-    return 0
-
-
-def _stretch(args: argparse.Namespace) -> int:
-    from mlflow import MlflowClient
-
-    from ablation.predict import PredictError
-    from analysis.report import markdown_table
-    from analysis.stretch import probe
-
-    try:
-        factors = [float(f) for f in args.factors.split(",")]
-    except ValueError:
-        factors = []
-    if not factors or min(factors) <= 0:
-        print(
-            f"analysis stretch: error: --factors {args.factors!r}: expected positive numbers, e.g. 0.85,1,1.15",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        table = probe(MlflowClient(tracking_uri(args.tracking_uri)), args.run_id, factors)
-    except (AnalysisError, PredictError) as error:
-        print(f"analysis stretch: error: {error}", file=sys.stderr)
-        return 2
-    print(markdown_table(table.round(3)))
-    if args.out:
-        table.to_csv(args.out, index=False)
     return 0
 
 

@@ -13,11 +13,11 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
+from ablation.data import CLASSES
 from analysis.stats import config_keys, label, ordered_configs
 
 matplotlib.use("Agg")  # headless: CI and training machines have no display
 NETWORK = "model"
-CLASSES = ("NORMAL", "PNEUMONIA")
 sns.set_theme(style="whitegrid", context="notebook")
 
 

@@ -9,11 +9,14 @@ import math
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from ablation.config import NOT_CONFIGURATION
+from ablation.data import CLASSES
 from analysis import figures
 from analysis.runs import TEST_METRICS, Study
 from analysis.stats import (
@@ -121,7 +124,7 @@ def _data_record_blocks(record: dict | None, run_id: str) -> list:
         for cls, v in classes.items()
     ]
     weights = record.get("class_weights")
-    names = dict(enumerate(figures.CLASSES))
+    names = dict(enumerate(CLASSES))
     weight_text = (
         ", ".join(f"{names.get(int(k), k)} ({k}): {float(w):.3f}" for k, w in weights.items())
         if weights
@@ -273,8 +276,8 @@ def _method(aliases: dict[str, list[str]]) -> list[str]:
     found = "; ".join(f"{f} (same split as {', '.join(a)})" if a else f for f, a in aliases.items())
     return [
         f"Factors: the params that vary across the finished runs, one per distinct split: {found or 'none'}. "
-        "Never factors: `seed` (the replicate) and params splitting the runs like it, `tracking.*`, "
-        "`paths.*`, `hydra.*`, `data.root`.",
+        "Never factors: `seed` (the replicate) and params splitting the runs like it, and what is not part of "
+        f"a configuration: {', '.join(f'`{key}`' for key in NOT_CONFIGURATION)}.",
         "Intervals: two-sided 95% Student-t over the seeds of a configuration (df = n − 1, standard "
         "error sd/√n with ddof = 1); none at n = 1.",
         "Effects: paired t-test on the per-seed differences when both configurations have the same "
@@ -289,54 +292,115 @@ def _method(aliases: dict[str, list[str]]) -> list[str]:
     ]
 
 
-def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> list[Path]:
-    """Write every output file into `out`; log them to the sweep run when there is one."""
+@dataclass
+class Tables:
+    """What the report computes from the runs: the four CSV tables and what they are computed from."""
+
+    finished: pd.DataFrame  # finished job runs, index 0..n-1
+    failed: pd.DataFrame  # failed and killed job runs
+    factors: list[str]
+    aliases: dict[str, list[str]]  # factor -> the params that split the runs like it
+    baseline: tuple
+    history: pd.DataFrame  # per-epoch curves of the finished runs (`Study.histories`)
+    ablation: pd.DataFrame
+    effects: pd.DataFrame
+    main: pd.DataFrame
+    stability: pd.DataFrame
+
+    def csvs(self) -> dict[str, pd.DataFrame]:
+        return {
+            "ablation_table.csv": self.ablation,
+            "effects_table.csv": self.effects,
+            "main_effects.csv": self.main,
+            "stability.csv": self.stability,
+        }
+
+
+@dataclass
+class Fetched:
+    """What the report takes from the runs' artifacts."""
+
+    best: list[dict]  # per network, from `_best_per_network`; "gradcam" = the copy in the output folder
+    transfer: pd.DataFrame  # per run, validation versus test (`transfer_runs`); empty when none logged both
+    top: str  # the finished run with the best test AUC
+    record: dict | None  # its data_record.json
+
+    @property
+    def predicted(self) -> list[dict]:
+        return [b for b in self.best if b["predictions"] is not None]
+
+    @property
+    def gradcams(self) -> list[Path]:
+        return [b["gradcam"] for b in self.best if b["gradcam"]]
+
+
+def compute_tables(study: Study, baseline_spec: str | None) -> Tables:
     finished = study.finished.reset_index(drop=True)
-    failed = study.failed
     factors, aliases = find_factors(finished, study.params)
     baseline = choose_baseline(finished, factors, parse_baseline(baseline_spec))
-    out.mkdir(parents=True, exist_ok=True)
-    hist = study.histories(finished["run_id"])
-    csvs = {
-        "ablation_table.csv": ablation_table(finished, factors),
-        "effects_table.csv": effects(finished, factors, baseline),
-        "main_effects.csv": main_effects(finished, factors, baseline),
-        "stability.csv": stability(finished, factors, run_stability(hist)),
-    }
-    for name, frame in csvs.items():
-        frame.to_csv(out / name, index=False)
-    table, eff, main, stab = csvs.values()
+    history = study.histories(finished["run_id"])
+    return Tables(
+        finished=finished,
+        failed=study.failed,
+        factors=factors,
+        aliases=aliases,
+        baseline=baseline,
+        history=history,
+        ablation=ablation_table(finished, factors),
+        effects=effects(finished, factors, baseline),
+        main=main_effects(finished, factors, baseline),
+        stability=stability(finished, factors, run_stability(history)),
+    )
 
+
+def fetch_artifacts(study: Study, tables: Tables, out: Path) -> Fetched:
+    """Download what the report needs from the runs; the Grad-CAM panels it shows are copied into `out`."""
+    finished = tables.finished
     top = finished.loc[_top(finished["test_auc"]), "run_id"]
     with tempfile.TemporaryDirectory() as tmp:
-        best = _best_per_network(study, finished, factors, Path(tmp))
-        transfer = transfer_runs(study, finished, factors, Path(tmp) / "transfer")
+        best = _best_per_network(study, finished, tables.factors, Path(tmp))
+        transfer = transfer_runs(study, finished, tables.factors, Path(tmp) / "transfer")
         record = study.data_record(top, Path(tmp) / "record")
-        for b in best:  # copied out of the temporary folder: the report shows them
+        for b in best:
             if b["gradcam"]:
                 b["gradcam"] = Path(shutil.copy(b["gradcam"], out / f"gradcam_{b['network'].replace(' ', '_')}.png"))
-    predicted = [b for b in best if b["predictions"] is not None]
-    if not transfer.empty:
-        csvs["threshold_transfer.csv"] = transfer
-        transfer.to_csv(out / "threshold_transfer.csv", index=False)
+    return Fetched(best, transfer, top, record)
 
-    pngs = {"learning_curves.png": figures.learning_curves(finished, factors, hist, out / "learning_curves.png")}
-    if predicted:
-        pngs["roc_curves.png"] = figures.roc_curves(predicted, out / "roc_curves.png")
-        pngs["confusion_matrices.png"] = figures.confusion_matrices(predicted, out / "confusion_matrices.png")
-    if len(eff):
-        pngs["effects.png"] = figures.effects_plot(eff, factors, label(baseline, factors), out / "effects.png")
 
+def write_tables(tables: Tables, fetched: Fetched, out: Path) -> list[Path]:
+    csvs = tables.csvs()
+    if not fetched.transfer.empty:
+        csvs["threshold_transfer.csv"] = fetched.transfer
+    for name, frame in csvs.items():
+        frame.to_csv(out / name, index=False)
+    return [out / name for name in csvs]
+
+
+def draw_figures(tables: Tables, fetched: Fetched, out: Path) -> list[Path]:
+    finished, factors = tables.finished, tables.factors
+    pngs = [figures.learning_curves(finished, factors, tables.history, out / "learning_curves.png")]
+    if fetched.predicted:
+        pngs.append(figures.roc_curves(fetched.predicted, out / "roc_curves.png"))
+        pngs.append(figures.confusion_matrices(fetched.predicted, out / "confusion_matrices.png"))
+    if len(tables.effects):
+        baseline = label(tables.baseline, factors)
+        pngs.append(figures.effects_plot(tables.effects, factors, baseline, out / "effects.png"))
+    return pngs
+
+
+def _overview_blocks(study: Study, tables: Tables) -> list:
+    """Title, provenance, the answer first, and the ablation table."""
+    finished, factors, table = tables.finished, tables.factors, tables.ablation
     source = f"sweep `{study.parent_id}`" if study.parent_id else "all job runs"
     blocks = [
         ("h1", f"Ablation report: {study.experiment}"),
         (
             "meta",
             f"Experiment `{study.experiment}`, {source}: {len(finished)} finished runs in {len(table)} "
-            f"configurations, {len(failed)} failed/killed run(s) excluded. Tracking URI "
+            f"configurations, {len(tables.failed)} failed/killed run(s) excluded. Tracking URI "
             f"`{study.tracking_uri}`; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         ),
-        ("lead", _summary(factors, table, main, baseline)),
+        ("lead", _summary(factors, table, tables.main, tables.baseline)),
         ("h2", "Ablation table"),
         ("p", "Test-set metrics per configuration: mean over seeds [95% t-interval]; ★ = best ROC AUC."),
         ("table", _shown_ablation(table, factors)),
@@ -344,6 +408,12 @@ def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> l
     single = [label(tuple(r), factors) for r in table.loc[table["n"] == 1, factors].itertuples(index=False)]
     if single:
         blocks.append(("p", f"n = 1: no interval for {'; '.join(single)} (a single finished seed)."))
+    return blocks
+
+
+def _effect_blocks(tables: Tables) -> list:
+    """Main effects (when anything varies) and effects versus the baseline (when there is a second config)."""
+    factors, blocks = tables.factors, []
     if factors:
         blocks += [
             ("h2", "Main effects"),
@@ -353,19 +423,24 @@ def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> l
                 "reference level (the baseline's), paired on (other factors, seed) over the runs that "
                 "have a partner; pairs = number of such pairs.",
             ),
-            ("table", _shown_main(main)),
+            ("table", _shown_main(tables.main)),
         ]
-    if len(eff):
+    if len(tables.effects):
         blocks += [
             ("h2", "Effects versus the baseline"),
             (
                 "p",
-                f"Configuration − baseline ({label(baseline, factors)}), paired by seed where the seeds "
+                f"Configuration − baseline ({label(tables.baseline, factors)}), paired by seed where the seeds "
                 "match, otherwise Welch's t-test (unequal variances).",
             ),
             ("img", "effects.png", "Forest plot of the effects versus the baseline"),
-            ("table", _shown_effects(eff, factors)),
+            ("table", _shown_effects(tables.effects, factors)),
         ]
+    return blocks
+
+
+def _best_run_blocks(fetched: Fetched) -> list:
+    best = fetched.best
     best_table = pd.DataFrame(
         {
             "network": [b["title"] for b in best],
@@ -375,49 +450,75 @@ def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> l
             "predictions": ["logged" if b["predictions"] is not None else "missing" for b in best],
         }
     )
-    blocks += [("h2", "Best run per network"), ("table", best_table)]
-    if predicted:
+    blocks = [("h2", "Best run per network"), ("table", best_table)]
+    if fetched.predicted:
         blocks += [
             ("img", "roc_curves.png", "ROC curves of the best run per network"),
             ("img", "confusion_matrices.png", "Confusion matrices of the best run per network"),
         ]
-    for b in best:
-        if b["gradcam"]:
-            blocks.append(("img", b["gradcam"].name, f"Grad-CAM on test images, {b['title']}"))
-    blocks += _transfer_blocks(transfer, finished, factors)
-    blocks += [
+    blocks += [("img", b["gradcam"].name, f"Grad-CAM on test images, {b['title']}") for b in best if b["gradcam"]]
+    return blocks
+
+
+def _training_blocks(tables: Tables) -> list:
+    """Learning curves and stability, then the failed runs."""
+    failed, factors = tables.failed, tables.factors
+    blocks = [
         ("h2", "Training"),
         ("img", "learning_curves.png", "Learning curves"),
         ("p", f"Stability: {STABILITY_RULE}."),
-        ("table", _shown_stability(stab, factors)),
+        ("table", _shown_stability(tables.stability, factors)),
         ("h2", f"Failed runs ({len(failed)})"),
     ]
-    if len(failed):
-        failures = pd.DataFrame(
-            {
-                "run": failed["run_id"],
-                "status": failed["status"],
-                "configuration": [label(k, factors) for k in config_keys(failed, factors)],
-                "error": failed["error"].fillna("").str.replace(r"\s+", " ", regex=True).str.slice(0, 300),
-            }
-        )
-        blocks.append(("table", failures))
-    else:
-        blocks.append(("p", "None."))
-    blocks += [
+    if not len(failed):
+        return [*blocks, ("p", "None.")]
+    failures = pd.DataFrame(
+        {
+            "run": failed["run_id"],
+            "status": failed["status"],
+            "configuration": [label(k, factors) for k in config_keys(failed, factors)],
+            "error": failed["error"].fillna("").str.replace(r"\s+", " ", regex=True).str.slice(0, 300),
+        }
+    )
+    return [*blocks, ("table", failures)]
+
+
+def report_blocks(study: Study, tables: Tables, fetched: Fetched) -> list:
+    """The report's content, section by section, as (kind, *args) blocks for `_markdown` and `_html`."""
+    return [
+        *_overview_blocks(study, tables),
+        *_effect_blocks(tables),
+        *_best_run_blocks(fetched),
+        *_transfer_blocks(fetched.transfer, tables.finished, tables.factors),
+        *_training_blocks(tables),
         ("h2", "Data record"),
-        *_data_record_blocks(record, top),
+        *_data_record_blocks(fetched.record, fetched.top),
         ("h2", "Method"),
-        ("ul", _method(aliases)),
+        ("ul", _method(tables.aliases)),
     ]
 
+
+def write_documents(blocks: list, out: Path, title: str) -> list[Path]:
     (out / "report.md").write_text(_markdown(blocks))
-    (out / "report.html").write_text(_html(blocks, out, study.experiment))
-    gradcams = [b["gradcam"] for b in best if b["gradcam"]]
-    files = [out / name for name in csvs] + list(pngs.values()) + gradcams + [out / "report.md", out / "report.html"]
+    (out / "report.html").write_text(_html(blocks, out, title))
+    return [out / "report.md", out / "report.html"]
+
+
+def log_to_parent(study: Study, files: list[Path]) -> None:
+    """Upload the report's files to the sweep parent run, under `report/`; nothing without a parent."""
     if study.parent_id:
         for path in files:
             study.client.log_artifact(study.parent_id, str(path), "report")
+
+
+def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> list[Path]:
+    """Write every output file into `out`; log them to the sweep run when there is one."""
+    tables = compute_tables(study, baseline_spec)
+    out.mkdir(parents=True, exist_ok=True)
+    fetched = fetch_artifacts(study, tables, out)
+    files = write_tables(tables, fetched, out) + draw_figures(tables, fetched, out) + fetched.gradcams
+    files += write_documents(report_blocks(study, tables, fetched), out, study.experiment)
+    log_to_parent(study, files)
     return files
 
 

@@ -8,16 +8,17 @@ DataFrame with one row per job run (status, error tag, params as strings, once-o
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 
-ROLE_TAG = "ablation.role"
+from ablation.store import default_tracking_uri, missing_sqlite_store
+from ablation.tracking import ROLE
+
 TEST_METRICS = (
     "test_accuracy",
     "test_precision",
@@ -76,18 +77,12 @@ class Study:
 
 
 def tracking_uri(given: str | None) -> str:
-    return given or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'runs' / 'mlflow.db'}"
+    return given or default_tracking_uri()
 
 
 def _check_store(uri: str) -> None:
-    # MLflow silently creates an empty database for a missing sqlite file; a typo would then report
-    # "no experiment" instead of naming the real problem.
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :].split("?")[0])  # four slashes = absolute, as in SQLAlchemy
-        if not path.is_file():
-            raise AnalysisError(
-                f"no MLflow store at {path} (tracking URI {uri}); run a sweep first or pass --tracking-uri"
-            )
+    if (path := missing_sqlite_store(uri)) is not None:
+        raise AnalysisError(f"no MLflow store at {path} (tracking URI {uri}); run a sweep first or pass --tracking-uri")
 
 
 def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str, **kw) -> list[Run]:
@@ -103,61 +98,50 @@ def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str,
 def _latest_sweep(client: MlflowClient, experiment_ids: list[str]) -> Run | None:
     found = client.search_runs(
         experiment_ids,
-        f"tags.`{ROLE_TAG}` = 'sweep'",
+        f"tags.`{ROLE}` = 'sweep'",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
     return found[0] if found else None
 
 
-def load_study(uri: str, experiment: str | None = None, sweep: str | None = None, all_runs: bool = False) -> Study:
-    _check_store(uri)
-    client = MlflowClient(tracking_uri=uri)
-
-    parent = None
+def _select(
+    client: MlflowClient, uri: str, experiment: str | None, sweep: str | None, all_runs: bool
+) -> tuple[Experiment, Run | None]:
+    """The experiment and the sweep parent run (None with --all-runs) that the arguments name."""
     if sweep:
         try:
             parent = client.get_run(sweep)
         except MlflowException:
             raise AnalysisError(f"sweep run {sweep!r} not found in {uri}") from None
-        if parent.data.tags.get(ROLE_TAG) != "sweep":
-            raise AnalysisError(
-                f"run {sweep} is not a sweep parent (tag {ROLE_TAG}={parent.data.tags.get(ROLE_TAG)!r})"
-            )
+        if parent.data.tags.get(ROLE) != "sweep":
+            raise AnalysisError(f"run {sweep} is not a sweep parent (tag {ROLE}={parent.data.tags.get(ROLE)!r})")
         exp = client.get_experiment(parent.info.experiment_id)
         if experiment and exp.name != experiment:
             raise AnalysisError(f"sweep {sweep} belongs to experiment {exp.name!r}, not {experiment!r}")
-    elif experiment:
+        return exp, parent
+    if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             names = sorted(e.name for e in client.search_experiments())
             raise AnalysisError(
                 f"experiment {experiment!r} not found in {uri}; available: {', '.join(names) or 'none'}"
             )
-        if not all_runs:
-            parent = _latest_sweep(client, [exp.experiment_id])
-            if parent is None:
-                raise AnalysisError(f"experiment {experiment!r} has no sweep parent run; pass --all-runs")
-    else:
-        ids = [e.experiment_id for e in client.search_experiments()]
-        latest = _latest_sweep(client, ids) if ids else None
-        if latest is None:
-            raise AnalysisError(
-                f"no sweep parent run (tag {ROLE_TAG}=sweep) in any experiment of {uri}; pass --experiment"
-            )
-        exp = client.get_experiment(latest.info.experiment_id)
-        parent = None if all_runs else latest
+        if all_runs:
+            return exp, None
+        parent = _latest_sweep(client, [exp.experiment_id])
+        if parent is None:
+            raise AnalysisError(f"experiment {experiment!r} has no sweep parent run; pass --all-runs")
+        return exp, parent
+    ids = [e.experiment_id for e in client.search_experiments()]
+    latest = _latest_sweep(client, ids) if ids else None
+    if latest is None:
+        raise AnalysisError(f"no sweep parent run (tag {ROLE}=sweep) in any experiment of {uri}; pass --experiment")
+    return client.get_experiment(latest.info.experiment_id), None if all_runs else latest
 
-    where = f"tags.`{ROLE_TAG}` = 'job'"
-    if parent is not None:
-        where += f" and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    runs = _search(client, [exp.experiment_id], where, order_by=["attributes.start_time ASC"])
-    what = f"sweep {parent.info.run_id} of experiment {exp.name!r}" if parent else f"experiment {exp.name!r}"
-    if not any(r.info.status == "FINISHED" for r in runs):
-        raise AnalysisError(f"{what} has no finished job runs ({len(runs)} job runs in total)")
 
-    params = sorted({k for r in runs for k in r.data.params})
-    frame = pd.DataFrame(
+def _runs_frame(runs: list[Run], params: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
         [
             {
                 "run_id": r.info.run_id,
@@ -171,4 +155,18 @@ def load_study(uri: str, experiment: str | None = None, sweep: str | None = None
             for r in runs
         ]
     )
-    return Study(client, uri, exp.name, parent.info.run_id if parent else None, frame, params)
+
+
+def load_study(uri: str, experiment: str | None = None, sweep: str | None = None, all_runs: bool = False) -> Study:
+    _check_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp, parent = _select(client, uri, experiment, sweep, all_runs)
+    where = f"tags.`{ROLE}` = 'job'"
+    if parent is not None:
+        where += f" and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    runs = _search(client, [exp.experiment_id], where, order_by=["attributes.start_time ASC"])
+    what = f"sweep {parent.info.run_id} of experiment {exp.name!r}" if parent else f"experiment {exp.name!r}"
+    if not any(r.info.status == "FINISHED" for r in runs):
+        raise AnalysisError(f"{what} has no finished job runs ({len(runs)} job runs in total)")
+    params = sorted({k for r in runs for k in r.data.params})
+    return Study(client, uri, exp.name, parent.info.run_id if parent else None, _runs_frame(runs, params), params)

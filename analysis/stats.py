@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ablation.config import is_configuration_key
 from analysis.runs import TEST_METRICS, AnalysisError
 
 LEVEL = 0.95
 REPLICATE = "seed"
-NOT_FACTORS = ("tracking.", "paths.", "hydra.", "data.root")
 UNSET = "(unset)"
 OFF = {"none", "false", "off", "no", "null", "0", "0.0", ""}
 NAN3 = (math.nan, math.nan, math.nan)
@@ -27,11 +27,13 @@ COMPARISON = ["diff", "ci_low", "ci_high", "p_value", "test", "pairs"]
 def find_factors(runs: pd.DataFrame, params: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Params that vary across `runs`, one per distinct partition of the runs; with their aliases.
 
-    A param that partitions the runs exactly like `seed` (a split seed, say) is a replicate, not a factor.
+    A param that partitions the runs exactly like `seed` (a split seed, say) is a replicate, not a factor;
+    one that is not part of a configuration (`ablation.config.is_configuration_key`: where things are
+    stored, how verbose) is never one.
     """
     groups: dict[tuple, list[str]] = {}
     for name in params:
-        if name.startswith(NOT_FACTORS):
+        if not is_configuration_key(name):
             continue
         values = runs[name].fillna(UNSET).astype(str)
         if values.nunique() > 1:

@@ -8,13 +8,12 @@ that tests can recompute expectations independently.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from processes import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "pneumonia-ablation-test"
@@ -162,13 +161,7 @@ def shared_cli_report(tmp_path_factory) -> Path:
     if "report" not in _shared:
         out = tmp_path_factory.mktemp("cli") / "report"
         uri = shared_store(tmp_path_factory)["uri"]
-        result = subprocess.run(
-            [sys.executable, "-m", "analysis", "report", "--tracking-uri", uri, "--out", str(out)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        result = run_module("analysis", "report", "--tracking-uri", uri, "--out", out, timeout=180)
         assert result.returncode == 0, result.stderr
         _shared["report"] = out
     return _shared["report"]

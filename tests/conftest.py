@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,9 +36,6 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars",
 ]
 
-# Tiny but real: small images, a few dozen per class, two epochs.
-TINY = ["data.image_size=32", "data.max_train_per_class=32", "epochs=2", "batch_size=16", "trainer.verbose=0"]
-
 
 def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
@@ -51,7 +50,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_cfg(tmp_path, cache_dir) -> DictConfig:
-    cfg = compose_config(*TINY, f"paths.runs={tmp_path / 'runs'}", f"data.root={DATA_ROOT}")
+    cfg = compose_config("experiment=tiny", f"paths.runs={tmp_path / 'runs'}", f"data.root={DATA_ROOT}")
     with open_dict(cfg):
         cfg.data.cache_dir = str(cache_dir)
     return cfg
@@ -64,9 +63,66 @@ def copy_images(src: Path, dst: Path, n: int) -> list[Path]:
     return [Path(shutil.copy(f, dst / f.name)) for f in files]
 
 
-def run_ablation(*args: str, runs: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`python -m ablation ARGS` as a user types it, writing under `runs`."""
-    env = {**os.environ, "ABLATION_ROOT": str(PROJECT)}
-    defaults = [f"paths.runs={runs}"] + ([] if any("data.root=" in a for a in args) else [f"data.root={DATA_ROOT}"])
-    command = [sys.executable, "-m", "ablation", *args, *defaults]
-    return subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout)
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))  # Debian's postgresql package
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture
+def postgres(request, tmp_path) -> dict[str, str]:
+    """A PostgreSQL database for MLflow: $ABLATION_POSTGRES_URI, else a throwaway cluster on a free loopback port.
+
+    Without PostgreSQL the test is skipped, unless ABLATION_REQUIRE_POSTGRES (or CI) is set: then it fails.
+    """
+    from processes import free_port, kill_group, spawn, wait_for
+
+    if os.environ.get("ABLATION_POSTGRES_URI"):
+        return {"uri": os.environ["ABLATION_POSTGRES_URI"], "env": {}, "psql": ""}
+    bindir = _postgres_bin()
+    if bindir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("ABLATION_REQUIRE_POSTGRES") or os.environ.get("CI"):
+            pytest.fail(f"{message}, and ABLATION_REQUIRE_POSTGRES/CI says this test must run")
+        pytest.skip(f"{message}; set ABLATION_REQUIRE_POSTGRES=1 to make this a failure")
+
+    user = "postgres" if os.geteuid() == 0 else None  # the server refuses to run as root
+    base = Path(tempfile.mkdtemp(prefix="ablation-pg-"))  # not under tmp_path: the postgres user must reach it
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    password = "pg-" + os.urandom(8).hex()
+    (base / "pwfile").write_text(password + "\n")
+    if user:
+        for path in (base, base / "pwfile"):
+            shutil.chown(path, user)
+    subprocess.run(
+        [bindir / "initdb", "-D", base / "data", "-U", "mlflow", f"--pwfile={base / 'pwfile'}"]
+        + ["--auth=scram-sha-256", "--encoding=UTF8", "--no-sync"],
+        user=user,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    port = free_port()
+    log = tmp_path / "postgres.log"
+    command = [bindir / "postgres", "-D", base / "data", "-h", "127.0.0.1", "-p", str(port), "-k", str(base)]
+    proc = spawn(request, [str(c) for c in command] + ["-c", "fsync=off"], log, user=user)
+    request.addfinalizer(lambda: kill_group(proc, signal.SIGINT))  # fast shutdown first, SIGKILL after (spawn)
+    env = {"PGPASSWORD": password}
+
+    def ready() -> bool:
+        probe = [bindir / "pg_isready", "-h", "127.0.0.1", "-p", str(port), "-q"]
+        return subprocess.run(probe, timeout=30).returncode == 0
+
+    wait_for(ready, 60, "PostgreSQL accepting connections", log, proc)
+    subprocess.run(
+        [bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    # No password in the URI (ps shows it): libpq reads PGPASSWORD, as it would ~/.pgpass.
+    psql = [str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "-d", "mlflow", "-tAc"]
+    return {"uri": f"postgresql://mlflow@127.0.0.1:{port}/mlflow", "env": env, "psql": json.dumps(psql)}

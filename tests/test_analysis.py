@@ -80,6 +80,27 @@ def test_factors_exclude_seed_and_collapse_aliases(study):
     assert aliases == {"model": ["model.name"], "dropout": ["model.dropout"]}
 
 
+def test_settings_outside_the_configuration_are_never_factors():
+    # Two configurations (dropout) x two seeds. Where the runs keep their cache and data, how verbose they
+    # train and where they log differ too, each splitting the runs its own way: none is a factor, nor an alias.
+    runs = pd.DataFrame(
+        {
+            "dropout": ["0.0", "0.0", "0.5", "0.5"],
+            "seed": ["1", "2", "1", "2"],
+            "data.cache_dir": ["/a", "/a", "/b", "/b"],
+            "trainer.verbose": ["0", "0", "0", "2"],
+            "data.root": ["/x", "/y", "/y", "/y"],
+            "tracking.uri": ["sqlite:///a.db", "sqlite:///b.db", "sqlite:///c.db", "sqlite:///d.db"],
+        }
+    )
+    assert find_factors(runs, list(runs.columns)) == (["dropout"], {"dropout": []})
+    runs["trainer.epochs"] = ["5", "5", "5", "9"]  # a setting that is part of the configuration is one
+    assert find_factors(runs, list(runs.columns)) == (
+        ["dropout", "trainer.epochs"],
+        {"dropout": [], "trainer.epochs": []},
+    )
+
+
 def test_level_order_and_baseline_choice(study):
     assert sorted(["resnet50", "none", "flip"], key=level_key) == ["none", "flip", "resnet50"]
     assert sorted(["True", "False"], key=level_key) == ["False", "True"]
@@ -94,6 +115,7 @@ def test_level_order_and_baseline_choice(study):
         choose_baseline(study.finished, factors, {"lr": "0.1"})
 
 
+@pytest.mark.slow  # `python -m analysis report` as a subprocess
 def test_ablation_table_rows_n_and_intervals(store, cli):
     table = pd.read_csv(cli / "ablation_table.csv", dtype={"dropout": str})
     assert list(zip(table["model"], table["dropout"], table["n"], strict=True)) == [
@@ -112,6 +134,7 @@ def test_ablation_table_rows_n_and_intervals(store, cli):
             assert getattr(row, f"{metric}_ci_high") == pytest.approx(high)
 
 
+@pytest.mark.slow  # `python -m analysis report` as a subprocess
 def test_effects_paired_where_seeds_match_else_welch(store, cli):
     eff = pd.read_csv(cli / "effects_table.csv", dtype={"dropout": str}).set_index(["model", "dropout", "metric"])
     assert ("cnn", "0.0", "test_auc") not in eff.index  # the baseline itself
@@ -175,6 +198,7 @@ def test_stability_when_epochs_is_a_factor(study):
     assert list(table["epochs"]) == ["10", "12"] and table["epochs_logged"].notna().all()
 
 
+@pytest.mark.slow  # `python -m analysis report` as a subprocess
 def test_cli_writes_everything_and_logs_to_parent(store, cli):
     for name in OUTPUTS:
         assert (cli / name).stat().st_size > 0, name
@@ -204,6 +228,7 @@ def test_run_transfer_scores_val_and_test_at_each_threshold():
     assert figures["test_pneumonia_median_p"] == pytest.approx(0.8)
 
 
+@pytest.mark.slow  # `python -m analysis report` as a subprocess
 def test_report_shows_the_validation_to_test_shift(store, cli):
     per_run = pd.read_csv(cli / "threshold_transfer.csv")
     experiment_id = store["client"].get_experiment_by_name(store["experiment"]).experiment_id

@@ -1,11 +1,11 @@
-"""The benchmark's building blocks at a tiny scale, on a few real X-rays (the full run: python -m ablation.bench)."""
+"""The benchmark's building blocks at a tiny scale, on a few real X-rays (the full run: python -m benchmarks.bench)."""
 
 from __future__ import annotations
 
 import numpy as np
 from conftest import DATA_ROOT, copy_images
 
-from ablation import bench
+from benchmarks import bench
 
 
 def _tiny_root(root):

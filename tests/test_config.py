@@ -69,9 +69,6 @@ def test_unknown_model_lists_the_options():
         ("data.image_size=0", "data.image_size", ">= 32"),
         ("data.val_fraction=1.0", "data.val_fraction", "(0, 1)"),
         ("data.max_train_per_class=0", "data.max_train_per_class", ">= 1"),
-        ("trainer.monitor=val_f1", "trainer.monitor", "val_auc"),
-        ("trainer.precision=float16", "trainer.precision", "mixed_float16"),
-        ("optimizer.schedule=step", "optimizer.schedule", "cosine"),
         ("optimizer.weight_decay=-0.1", "optimizer.weight_decay", ">= 0"),
         ("augmentation.rotation_deg=400", "augmentation.rotation_deg", "[0, 180]"),
         ("augmentation.aspect=1.5", "augmentation.aspect", "[0, 1)"),
@@ -85,6 +82,45 @@ def test_out_of_range_values_are_refused_by_key(override, key, allowed):
         validate(compose_config(*overrides))
     message = str(error.value)
     assert message.startswith(f"{key}=") and allowed in message
+
+
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("trainer.monitor=val_f1", "[val_auc, val_loss]"),
+        ("trainer.precision=float16", "[float32, mixed_float16, mixed_bfloat16]"),
+        ("optimizer.schedule=step", "[constant, cosine]"),
+        ("trainer.augment_on=gpu", "[data, model]"),
+    ],
+)
+def test_string_choices_are_refused_at_composition_naming_key_value_and_choices(override, allowed):
+    key, value = override.split("=")
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(override)
+    message = str(error.value.__cause__)
+    assert f"Invalid value '{value}', expected one of {allowed}" in message and f"full_key: {key}" in message
+
+
+def test_string_choices_reach_params_and_the_hash_as_plain_text():
+    from ablation.config import config_hash, flatten
+
+    cfg = compose_config("trainer.precision=mixed_bfloat16", "optimizer.schedule=cosine")
+    flat = flatten(cfg)
+    assert flat["trainer.precision"] == "mixed_bfloat16" and flat["optimizer.schedule"] == "cosine"
+    assert config_hash(cfg) != config_hash(compose_config("optimizer.schedule=cosine"))
+
+
+def test_what_locates_a_run_is_not_part_of_its_configuration():
+    from ablation.config import config_hash, is_configuration_key
+
+    base = compose_config()
+    moved = compose_config(
+        "paths.runs=/elsewhere", "data.cache_dir=/tmp/c", "trainer.verbose=0", "tracking.experiment=x"
+    )
+    assert config_hash(base) == config_hash(moved)
+    assert config_hash(base) != config_hash(compose_config("trainer.label_smoothing=0.1"))
+    assert not is_configuration_key("tracking.uri") and not is_configuration_key("data.cache_dir")
+    assert is_configuration_key("data.image_size") and is_configuration_key("trackingx")
 
 
 def test_image_size_minimum_depends_on_the_network():

@@ -39,7 +39,7 @@ def _varies(maps: np.ndarray) -> np.ndarray:
     return maps.std(axis=(1, 2)) > 0.01
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["cnn", "resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_gradcam_is_an_input_dependent_gradient_map(name, xrays):
     images, _ = xrays
     model = _model(name)

@@ -21,7 +21,7 @@ from conftest import DATA_ROOT, PROJECT, compose_config
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
-from test_scaleout import (
+from processes import (
     TINY,
     ablation,
     assert_complete,
@@ -372,16 +372,17 @@ def test_the_only_target_in_the_configs_is_the_sweep_summary_callback():
         for line in path.read_text().splitlines()
         if line.strip().startswith("_target_:")
     }
-    assert targets == {("conf/hydra/default.yaml", "ablation.tracking.SweepSummary")}
+    assert targets == {("conf/hydra/default.yaml", "ablation.sweep.SweepSummary")}
 
 
+@pytest.mark.slow
 def test_a_callback_target_typed_on_the_command_line_is_blocked_by_hydra(request, tmp_path):
     """The command line is the user's own shell; still, hydra-core>=1.3.6 refuses execution-capable targets."""
     marker = tmp_path / "pwned"
     log = tmp_path / "inject.log"
     for target in ("os.system", "logging.os.system"):  # the second: an alias, GHSA-37p2-j732-x8pj
         inject = f'+hydra.callbacks.x={{_target_:{target},_args_:["touch {marker}"]}}'
-        quick = "~hydra.callbacks.sweep_summary"  # it would import TensorFlow first: not needed here
+        quick = "~hydra.callbacks.sweep_summary"  # not needed here
         proc = spawn(request, [sys.executable, "-m", "ablation", quick, inject, f"paths.runs={tmp_path}"], log)
         output = finish(proc, log, 180)
         assert proc.returncode == 1 and "is blocklisted" in output, output[-3000:]

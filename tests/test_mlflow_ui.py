@@ -21,8 +21,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, CHROMIUM_FLAGS, PROJECT, run_ablation
+from conftest import CHROMIUM, CHROMIUM_FLAGS, PROJECT
 from PIL import Image
+from processes import run_ablation
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 FLAGS = [

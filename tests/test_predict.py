@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA_ROOT, PROJECT, run_ablation
+from conftest import DATA_ROOT, PROJECT
 from mlflow.entities import RunStatus
 from PIL import Image
+from processes import run_ablation, run_module
 
 from ablation import predict
 from ablation.data import decode_image
@@ -102,9 +102,7 @@ def _env() -> dict[str, str]:
 
 
 def _predict_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "ablation.predict", *args]
-    env = {**_env(), "PYTHONPATH": str(PROJECT)}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return run_module("ablation.predict", *args, cwd=cwd, env={**_env(), "PYTHONPATH": str(PROJECT)})
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -114,6 +112,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
+@pytest.mark.slow  # the module's run is trained through the CLI
 def test_folder_of_original_xrays_with_a_corrupt_file(trained, val_folder, tmp_path):
     out, explain = tmp_path / "predictions.csv", tmp_path / "gradcam"
     done = _predict_cli(
@@ -152,6 +151,7 @@ def test_folder_of_original_xrays_with_a_corrupt_file(trained, val_folder, tmp_p
             assert image.format == "PNG" and image.mode == "RGB" and image.size == (256, 256)
 
 
+@pytest.mark.slow  # the module's run is trained through the CLI
 def test_preprocessing_follows_the_logged_config_and_best_run_is_selected(
     trained, val_folder, tmp_path, monkeypatch, capsys
 ):
@@ -187,6 +187,7 @@ def test_preprocessing_follows_the_logged_config_and_best_run_is_selected(
     np.testing.assert_allclose([float(r["probability"]) for r in rows[2:]], expected, atol=1e-5)
 
 
+@pytest.mark.slow  # the module's run is trained through the CLI
 def test_what_cannot_be_used_is_refused_with_exit_status_2(trained, tmp_path, capsys):
     image = str(sorted((DATA_ROOT / "test" / "NORMAL").iterdir())[0])
     out = str(tmp_path / "p.csv")
@@ -238,7 +239,7 @@ def test_find_images_searches_folders_recursively_in_any_case(tmp_path):
 
 
 def test_stretch_width_widens_and_narrows_about_the_centre():
-    from analysis.stretch import stretch_width
+    from ablation.stretch import stretch_width
 
     bar = np.zeros((40, 40), np.uint8)
     bar[:, 10:30] = 255  # a centred 20 px wide bar
@@ -250,6 +251,7 @@ def test_stretch_width_widens_and_narrows_about_the_centre():
         assert abs(columns.mean() - 19.5) <= 1  # still centred
 
 
+@pytest.mark.slow  # the module's run is trained through the CLI
 def test_stretch_probe_scores_the_runs_own_splits(trained, tmp_path, capsys):
     from analysis.__main__ import main
 
@@ -285,3 +287,15 @@ def test_stretch_probe_scores_the_runs_own_splits(trained, tmp_path, capsys):
     assert unstretched.accuracy == pytest.approx(logged["test_accuracy"], abs=1e-6)
     assert main(["stretch", "--run-id", trained.run_id, "--tracking-uri", trained.uri, "--factors", "0,1"]) == 2
     assert "--factors '0,1'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the module's run is trained through the CLI
+def test_stretch_cli_names_a_missing_run_or_store(trained, tmp_path, capsys):
+    from ablation.stretch import main
+
+    assert main(["--run-id", "0" * 32, "--tracking-uri", trained.uri]) == 2
+    assert capsys.readouterr().err.startswith(f"ablation.stretch: error: no run {'0' * 32}")
+    missing = tmp_path / "nowhere.db"
+    assert main(["--run-id", trained.run_id, "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert f"no MLflow store at {missing}" in capsys.readouterr().err
+    assert not missing.exists()

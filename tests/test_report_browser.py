@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from analysis_helpers import ROOT, shared_cli_report
 from conftest import CHROMIUM, CHROMIUM_FLAGS
+from processes import run_command
+
+pytestmark = pytest.mark.slow  # Chromium and `python -m analysis report` as subprocesses
 
 FLAGS = [
     *CHROMIUM_FLAGS,
@@ -22,12 +24,7 @@ FLAGS = [
 
 def _chromium(tmp_path: Path, *args: str) -> str:
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install -y chromium"
-    result = subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_command([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 

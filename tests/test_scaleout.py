@@ -1,285 +1,34 @@
 """Scale-out: sweeps through Ray, submitit (local; SLURM's batch script) and a shared MLflow server on PostgreSQL.
 
-Every process a test starts runs in its own session and is killed with its whole group when the test ends;
-every wait has a bound. The helpers here are shared with tests/test_faults.py.
+Every process a test starts runs in its own session and is killed with its whole group when the test ends
+(tests/processes.py); every wait has a bound.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
-import sqlite3
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import mlflow
 import pytest
-from conftest import DATA_ROOT, PROJECT
-
-# Tiny but real: 32 px, 32 images a class, 4 steps an epoch, quiet Keras.
-TINY = ["model=cnn", "data.image_size=32", "data.max_train_per_class=32", "batch_size=16", "trainer.verbose=0"]
-EPOCH_METRICS = ("loss", "val_loss", "accuracy", "val_auc")
-SCRIPT = PROJECT / "scripts" / "mlflow_server.sh"
-
-
-# ---------------------------------------------------------------- processes, all bounded and cleaned up
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ablation(*args: str, runs: Path, cache: Path) -> list[str]:
-    """`python -m ablation ARGS` writing under `runs`, with the session's decoded-image cache."""
-    data = [] if any(a.startswith("data.root=") for a in args) else [f"data.root={DATA_ROOT}"]
-    return [sys.executable, "-m", "ablation", *args, f"paths.runs={runs}", f"data.cache_dir={cache}", *data]
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Signal the process and everything it started (its session's group); SIGKILL also reaps it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-    if sig == signal.SIGKILL:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-
-
-def spawn(request, command: list[str], log: Path, env: dict | None = None, **kwargs) -> subprocess.Popen:
-    """Start `command` in a new session, output to `log`; the test's end kills its whole group."""
-    full_env = {**os.environ, "ABLATION_ROOT": str(PROJECT), "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            command, cwd=PROJECT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
-        )
-    request.addfinalizer(lambda: kill_group(proc))
-    return proc
-
-
-def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
-    """Wait for `proc` at most `timeout` s (else kill its group and fail); its output."""
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        pytest.fail(f"{proc.args[:4]} still running after {timeout} s:\n{tail(log)}")
-    return log.read_text(errors="replace")
-
-
-def run(request, tmp_path: Path, name: str, *args: str, runs: Path, cache: Path, env=None, timeout=600):
-    """Run `python -m ablation ARGS` to its end; (exit status, output). Its helpers (Ray, workers) end with it."""
-    log = tmp_path / f"{name}.log"
-    proc = spawn(request, ablation(*args, runs=runs, cache=cache), log, env)
-    output = finish(proc, log, timeout)
-    wait_for(lambda: not group_alive(proc.pid), 60, f"the processes {name} started to exit", log)
-    return proc.returncode, output
-
-
-def end_pids(pids, timeout: float) -> None:
-    """Give processes started outside our group (Ray's workers start sessions of their own) `timeout` s to exit,
-    then SIGKILL the ones still there, checked by pid and command line, so nothing outlives the test."""
-    deadline = time.monotonic() + timeout
-    left = {int(pid) for pid in pids}
-    while left and time.monotonic() < deadline:
-        left = {pid for pid in left if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"}
-        time.sleep(0.5)
-    for pid in left:
-        with contextlib.suppress(OSError):
-            if "ray::" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _state(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return "X"
-
-
-def tail(log: Path, n: int = 4000) -> str:
-    return log.read_text(errors="replace")[-n:] if log.exists() else "(no output)"
-
-
-def wait_for(predicate, timeout: float, what: str, log: Path | None = None, proc=None, interval: float = 0.25):
-    """Poll `predicate` until it returns something truthy; fail after `timeout` s or when `proc` ends first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"exited ({proc.returncode}) before {what}:\n{tail(log) if log else ''}")
-        time.sleep(interval)
-    pytest.fail(f"no {what} within {timeout} s:\n{tail(log) if log else ''}")
-
-
-def listening_hosts(port: int) -> set[str]:
-    """Local addresses with a TCP socket listening on `port` (from /proc/net/tcp)."""
-    hosts = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                address, hex_port = local.split(":")
-                if state == "0A" and int(hex_port, 16) == port:
-                    if len(address) == 8:
-                        hosts.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
-                    else:
-                        hosts.add("::" if set(address) == {"0"} else address)
-    return hosts
-
-
-# ---------------------------------------------------------------- reading a store while jobs write it
-
-
-def sqlite_rows(db: Path, query: str, *params) -> list[tuple]:
-    """Rows of an MLflow SQLite store, read-only (never migrates a store that a job is creating)."""
-    if not db.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
-            return con.execute(query, params).fetchall()
-    except sqlite3.OperationalError:  # tables not created yet, or a writer holds the lock
-        return []
-
-
-def job_runs(db: Path) -> list[dict]:
-    """Every job run of the store: id, status, pid, its `epochs` param and how many epochs of loss it logged."""
-    rows = sqlite_rows(
-        db,
-        "SELECT r.run_uuid, r.status, "
-        "(SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'ablation.pid'), "
-        "(SELECT value FROM params p WHERE p.run_uuid = r.run_uuid AND p.key = 'epochs'), "
-        "(SELECT COUNT(*) FROM metrics m WHERE m.run_uuid = r.run_uuid AND m.key = 'loss') "
-        "FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'ablation.role' AND t.value = 'job'",
-    )
-    return [dict(zip(("run_id", "status", "pid", "epochs", "losses"), row, strict=True)) for row in rows]
-
-
-def runs_by_role(uri: str, experiment: str) -> tuple[mlflow.MlflowClient, list, list]:
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no experiment {experiment!r} in {uri}"
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("ablation.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("ablation.role") == "job"]
-    assert len(parents) + len(children) == len(runs)
-    return client, parents, children
-
-
-def assert_complete(client: mlflow.MlflowClient, run, epochs: int) -> None:
-    """A FINISHED job run with its params, one value per epoch of each epoch metric, test metrics, artifacts."""
-    assert run.info.status == "FINISHED", run.data.tags.get("error")
-    assert run.data.params["model"] == "cnn" and run.data.params["epochs"] == str(epochs)
-    for key in EPOCH_METRICS:
-        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, epochs + 1)), key
-    assert {"test_auc", "test_accuracy", "num_params"} <= set(run.data.metrics)
-    names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "learning_curves.png", "test_predictions.csv"} <= names
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]
-
-
-# ---------------------------------------------------------------- an MLflow server, a PostgreSQL server
-
-
-def mlflow_server(request, tmp_path: Path, backend: str, env: dict | None = None) -> tuple[str, subprocess.Popen]:
-    """scripts/mlflow_server.sh on a free loopback port, up and answering; its URL and process."""
-    port = free_port()
-    log = tmp_path / "mlflow-server.log"
-    server_env = {"MLFLOW_BIN": str(Path(sys.executable).with_name("mlflow")), "MLFLOW_WORKERS": "1", **(env or {})}
-    proc = spawn(request, ["bash", str(SCRIPT), backend, str(tmp_path / "artifacts"), str(port)], log, server_env)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                return response.status == 200
-        return False
-
-    wait_for(healthy, 180, "MLflow server answering /health", log, proc, interval=0.5)
-    return url, proc
-
-
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))  # Debian's postgresql package
-    if found:
-        return found[-1].parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-@pytest.fixture
-def postgres(request, tmp_path) -> dict[str, str]:
-    """A PostgreSQL database for MLflow: $ABLATION_POSTGRES_URI, else a throwaway cluster on a free loopback port.
-
-    Without PostgreSQL the test is skipped, unless ABLATION_REQUIRE_POSTGRES (or CI) is set: then it fails.
-    """
-    if os.environ.get("ABLATION_POSTGRES_URI"):
-        return {"uri": os.environ["ABLATION_POSTGRES_URI"], "env": {}, "psql": ""}
-    bindir = _postgres_bin()
-    if bindir is None:
-        message = "PostgreSQL is not installed (apt-get install postgresql)"
-        if os.environ.get("ABLATION_REQUIRE_POSTGRES") or os.environ.get("CI"):
-            pytest.fail(f"{message}, and ABLATION_REQUIRE_POSTGRES/CI says this test must run")
-        pytest.skip(f"{message}; set ABLATION_REQUIRE_POSTGRES=1 to make this a failure")
-
-    user = "postgres" if os.geteuid() == 0 else None  # the server refuses to run as root
-    base = Path(tempfile.mkdtemp(prefix="ablation-pg-"))  # not under tmp_path: the postgres user must reach it
-    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
-    password = "pg-" + os.urandom(8).hex()
-    (base / "pwfile").write_text(password + "\n")
-    if user:
-        for path in (base, base / "pwfile"):
-            shutil.chown(path, user)
-    subprocess.run(
-        [bindir / "initdb", "-D", base / "data", "-U", "mlflow", f"--pwfile={base / 'pwfile'}"]
-        + ["--auth=scram-sha-256", "--encoding=UTF8", "--no-sync"],
-        user=user,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
-    port = free_port()
-    log = tmp_path / "postgres.log"
-    command = [bindir / "postgres", "-D", base / "data", "-h", "127.0.0.1", "-p", str(port), "-k", str(base)]
-    proc = spawn(request, [str(c) for c in command] + ["-c", "fsync=off"], log, user=user)
-    request.addfinalizer(lambda: kill_group(proc, signal.SIGINT))  # fast shutdown first, SIGKILL after (spawn)
-    env = {"PGPASSWORD": password}
-
-    def ready() -> bool:
-        probe = [bindir / "pg_isready", "-h", "127.0.0.1", "-p", str(port), "-q"]
-        return subprocess.run(probe, timeout=30).returncode == 0
-
-    wait_for(ready, 60, "PostgreSQL accepting connections", log, proc)
-    subprocess.run(
-        [bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
-        env={**os.environ, **env},
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    # No password in the URI (ps shows it): libpq reads PGPASSWORD, as it would ~/.pgpass.
-    psql = [str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "-d", "mlflow", "-tAc"]
-    return {"uri": f"postgresql://mlflow@127.0.0.1:{port}/mlflow", "env": env, "psql": json.dumps(psql)}
-
+from processes import (
+    TINY,
+    ablation,
+    assert_complete,
+    end_pids,
+    finish,
+    group_alive,
+    job_runs,
+    listening_hosts,
+    mlflow_server,
+    run,
+    runs_by_role,
+    spawn,
+    wait_for,
+)
 
 # ---------------------------------------------------------------- Ray
 
@@ -357,6 +106,7 @@ def test_submitit_local_runs_each_job_in_its_own_process_and_requeues_a_preempte
     assert "Requeued job" in "".join(p.read_text() for p in runs.rglob(".submitit/*/*_log.*"))
 
 
+@pytest.mark.slow
 def test_slurm_preset_asks_for_a_gpu_a_time_limit_and_requeue(request, tmp_path):
     """`hydra/launcher=slurm` writes the sbatch script SLURM gets; a stand-in `sbatch` keeps it and refuses."""
     bin_dir = tmp_path / "bin"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import pytest
-from conftest import run_ablation
+from processes import run_ablation, run_module
 
 SPEC_PARAMS = {
     "model",
@@ -39,7 +39,7 @@ ARTIFACTS = {
     "test_predictions.csv",
     "val_predictions.csv",
 }
-TINY = ["data.image_size=32", "data.max_train_per_class=64", "epochs=2"]
+TINY = ["experiment=tiny", "data.max_train_per_class=64"]
 
 
 def _runs(runs_dir, experiment):
@@ -103,11 +103,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
 
 @pytest.mark.slow
 def test_two_seed_sweep_then_report(tmp_path):
-    import subprocess
-    import sys
-
     import pandas as pd
-    from conftest import PROJECT
 
     runs = tmp_path / "runs"
     done = run_ablation(
@@ -115,30 +111,13 @@ def test_two_seed_sweep_then_report(tmp_path):
         "model=cnn",
         "dropout=0,0.5",
         "seed=0,1",
-        "data.image_size=32",
-        "data.max_train_per_class=32",
-        "epochs=2",
+        "experiment=tiny",
         "tracking.experiment=seeds",
         runs=runs,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "report"
-    report = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "analysis",
-            "report",
-            "--tracking-uri",
-            f"sqlite:///{runs}/mlflow.db",
-            "--out",
-            str(out),
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = run_module("analysis", "report", "--tracking-uri", f"sqlite:///{runs}/mlflow.db", "--out", out)
     assert report.returncode == 0, report.stderr[-3000:]
     table = pd.read_csv(out / "ablation_table.csv")
     assert sorted(table.dropout) == [0.0, 0.5] and table.n.tolist() == [2, 2]

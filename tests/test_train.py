@@ -42,6 +42,7 @@ def test_train_returns_a_complete_result(tiny_cfg):
     assert result.class_weights[0] == pytest.approx(1.0)  # capped at 32 a class: balanced
 
 
+@pytest.mark.slow  # trains more than once, or longer than a fast test should
 def test_same_seed_same_metrics_other_seed_differs(tiny_cfg):
     first, second = train(tiny_cfg), train(tiny_cfg)
     assert first.history == second.history
@@ -51,6 +52,7 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_cfg):
     assert train(tiny_cfg).history != first.history
 
 
+@pytest.mark.slow  # trains more than once, or longer than a fast test should
 def test_threshold_tuned_on_validation_not_test(tiny_cfg):
     with open_dict(tiny_cfg):
         tiny_cfg.trainer.tune_threshold = True
@@ -63,12 +65,13 @@ def test_threshold_tuned_on_validation_not_test(tiny_cfg):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_weight_decay_turns_adam_into_adamw(weight_decay, tiny_cfg):
-    from ablation.train import _optimizer
+    from ablation.train import build_optimizer
 
     tiny_cfg.optimizer.weight_decay = weight_decay
-    assert _optimizer(tiny_cfg, steps_per_epoch=10).weight_decay == (weight_decay or None)
+    assert build_optimizer(tiny_cfg, steps_per_epoch=10).weight_decay == (weight_decay or None)
 
 
+@pytest.mark.slow  # trains more than once, or longer than a fast test should
 def test_weight_average_is_what_validation_saw_and_what_is_kept(tiny_cfg):
     with open_dict(tiny_cfg):
         tiny_cfg.trainer.monitor = "val_loss"
@@ -86,6 +89,7 @@ def test_weight_average_is_what_validation_saw_and_what_is_kept(tiny_cfg):
     assert kept_loss == pytest.approx(result.history["val_loss"][result.best_epoch - 1], rel=1e-4)
 
 
+@pytest.mark.slow  # trains more than once, or longer than a fast test should
 def test_non_finite_loss_stops_with_the_reason(tiny_cfg):
     with open_dict(tiny_cfg):
         tiny_cfg.optimizer.lr = 1e30
@@ -94,6 +98,7 @@ def test_non_finite_loss_stops_with_the_reason(tiny_cfg):
         train(tiny_cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "switches",
     [

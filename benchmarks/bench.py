@@ -1,13 +1,16 @@
 """Performance benchmark on the real data: does the data path keep training fed, and what does a job cost?
 
-    python -m ablation.bench              # every figure of docs/performance.md, ~7 minutes on 2 CPU cores
-    python -m ablation.bench --quick      # the same figures from smaller samples, ~4 minutes
-    python -m ablation.bench --only resnet50 --resnet-steps 10   # one section
+    python -m benchmarks.bench              # every figure of docs/performance.md, ~7 minutes on 2 CPU cores
+    python -m benchmarks.bench --quick      # the same figures from smaller samples, ~4 minutes
+    python -m benchmarks.bench --only resnet50 --resnet-steps 10   # one section
 
 Prints progress on stderr, then a table and, last, one JSON line with every figure. Every figure of a
 run is measured in that run, side by side, and the two sides of each ratio alternate (A B A B ...)
 with medians taken, so that a slowdown of a shared machine hits both sides alike. The load average at
 the start and at the end is part of the JSON: compare runs only when it is comparable.
+
+Run it from the project root: it lives outside the runtime package and uses only the public functions
+of `ablation`.
 
 Settings follow the project's config (`conf/`): the `xray` augmentation, batch 32, 64 px, and the
 trainer's `deterministic` switch applied as `ablation.train.train` applies it.
@@ -43,6 +46,8 @@ from tensorflow.python.framework import config as tf_config  # noqa: E402  # as 
 from ablation import pipeline  # noqa: E402
 from ablation.data import ChestXray, load_data  # noqa: E402
 from ablation.models import build_model, build_resnet50  # noqa: E402
+from ablation.tracking import ROLE  # noqa: E402
+from ablation.train import compile_model  # noqa: E402
 
 # The accelerator section runs by default only where TensorFlow sees a GPU.
 SECTIONS = ("load", "pipeline", "epochs", "eval", "sweep", "resnet50", "accelerator")
@@ -173,18 +178,10 @@ def epoch_rate(ds: tf.data.Dataset) -> tuple[float, float]:
 
 
 def compiled_cnn(cfg: DictConfig, data: ChestXray) -> keras.Model:
-    """The CNN built and compiled exactly as `ablation.train.train` compiles it."""
-    from ablation.train import _metrics, _optimizer
-
+    """The CNN built and compiled exactly as `ablation.train.train` compiles it (`compile_model`)."""
     keras.utils.set_random_seed(cfg.seed)
     model = build_model("cnn", data.train.images.shape[1:], cfg.dropout, cfg.batchnorm)
-    model.compile(
-        optimizer=_optimizer(cfg, -(-len(data.train.labels) // cfg.batch_size)),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=cfg.trainer.label_smoothing),
-        metrics=_metrics(),
-        jit_compile=cfg.trainer.jit_compile,
-        steps_per_execution=cfg.trainer.steps_per_execution,
-    )
+    compile_model(model, cfg, len(data.train.labels))
     return model
 
 
@@ -427,7 +424,7 @@ def measure_sweep(root: str | Path, cache_dir: Path, runs_dir: Path, seeds: int 
         raise RuntimeError(f"the sweep failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("bench")
-    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ablation.role") == "job"]
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(ROLE) == "job"]
     jobs = [
         {
             "start_ms": r.info.start_time,
@@ -646,7 +643,7 @@ def main(argv: list[str] | None = None) -> dict:
     began = time.perf_counter()
     cfg = compose("augmentation=xray", f"data.image_size={args.image_size}", "batch_size=32")
     root = args.data_root or cfg.data.root
-    command = " ".join(["python -m ablation.bench", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m benchmarks.bench", *(sys.argv[1:] if argv is None else argv)])
     figures: dict = {"command": command, **machine(), "loadavg_start": loadavg()}
     work = Path(tempfile.mkdtemp(prefix="ablation-bench-"))
     errors: dict[str, str] = {}

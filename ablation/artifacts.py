@@ -1,0 +1,65 @@
+"""The files a trained run of `python -m ablation` leaves: written here, into the job's output folder, and
+uploaded to MLflow once by `tracking.log_outputs` (same names in the folder and in the run).
+
+    config.yaml  data_record.json  model_summary.txt  test_predictions.csv  val_predictions.csv
+    learning_curves.png  confusion_matrix.png  roc_curve.png  gradcam_panel.png  model/model.keras
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from ablation import explain, figures
+from ablation.tracking import redact
+from ablation.train import TrainResult
+
+
+def once_metrics(cfg: DictConfig, result: TrainResult, record: dict) -> dict[str, float]:
+    """What a run logs once: test metrics, the kept epoch's validation metrics, sizes, timings, data counts."""
+    once = {f"test_{k}": float(v) for k, v in result.test_metrics.items()}
+    once.update({f"kept_{k}": v for k, v in result.kept_metrics.items()})
+    once.update(
+        num_params=result.model.count_params(),
+        best_epoch=result.best_epoch,
+        threshold=result.threshold,
+        **result.timings,
+    )
+    for name, weight in (result.class_weights or {}).items():
+        once[f"class_weight_{name}"] = weight
+    for split, classes in record["splits"].items():
+        for cls, counts in classes.items():
+            for what, count in counts.items():
+                once[f"data_{split}_{cls.lower()}_{what}"] = count
+    once["data_skipped_files"] = len(record["skipped_files"])
+    return once
+
+
+def write(cfg: DictConfig, result: TrainResult, folder: Path) -> dict[str, float]:
+    """Every file of the run into `folder`; returns the metrics to log once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = result.data.record(cfg.class_weighting.name)
+    summary = io.StringIO()
+    result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
+    (folder / "model_summary.txt").write_text(summary.getvalue())
+    (folder / "config.yaml").write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
+    (folder / "data_record.json").write_text(json.dumps(record, indent=2))
+    for split, probabilities in (("test", result.test_probabilities), ("val", result.val_probabilities)):
+        images = getattr(result.data, split)
+        pd.DataFrame({"file": images.files, "label": images.labels, "probability": probabilities}).to_csv(
+            folder / f"{split}_predictions.csv", index=False
+        )
+    figures.learning_curves(result.history, result.best_epoch, folder / "learning_curves.png")
+    labels, probs = result.data.test.labels, result.test_probabilities
+    figures.confusion_matrix(labels, probs, result.threshold, folder / "confusion_matrix.png")
+    figures.roc_curve(labels, probs, folder / "roc_curve.png")
+    explain.gradcam_panel(
+        result.model, result.data.test.images, labels, probs, result.threshold, folder / "gradcam_panel.png"
+    )
+    (folder / "model").mkdir(exist_ok=True)
+    result.model.save(folder / "model" / "model.keras")
+    return once_metrics(cfg, result, record)
