@@ -22,7 +22,7 @@ from tensorflow.python.framework import config as tf_config  # disable_op_determ
 from ablation import pipeline
 from ablation.config import MONITORS, AugmentOn, Schedule
 from ablation.data import ChestXray, load_data
-from ablation.metrics import binary_metrics, youden_threshold
+from ablation.metrics import binary_metrics, sigmoid, youden_threshold
 from ablation.models import build_model
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 def predict_probabilities(model: keras.Model, ds: tf.data.Dataset) -> np.ndarray:
-    logits = model.predict(ds, verbose=0).astype(np.float64).ravel()
-    return 1.0 / (1.0 + np.exp(-logits))
+    return sigmoid(model.predict(ds, verbose=0).ravel())
 
 
 def _with_device_augmentation(model: keras.Model, augment: pipeline.Augment, seed: int) -> keras.Model:
@@ -162,38 +161,43 @@ def _fit(
     return history, best
 
 
+def load(cfg: DictConfig) -> ChestXray:
+    return load_data(
+        cfg.data.root,
+        cfg.data.image_size,
+        cfg.data.val_fraction,
+        cfg.seed,
+        cfg.data.cache_dir,
+        cfg.data.max_train_per_class,
+    )
+
+
+def _train_dataset(cfg: DictConfig, data: ChestXray, augment: pipeline.Augment | None) -> tf.data.Dataset:
+    return pipeline.train_dataset(
+        data.train.images,
+        data.train.labels,
+        cfg.batch_size,
+        cfg.seed,
+        augment=augment,
+        oversample=cfg.class_weighting.name == "oversample",
+    )
+
+
 def train(
     cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (), data: ChestXray | None = None
 ) -> TrainResult:
     """Train one configuration on the real data and evaluate it once on the test split."""
     set_up(cfg)
     timings: dict[str, float] = {}
-
     start = time.perf_counter()
-    if data is None:
-        data = load_data(
-            cfg.data.root,
-            cfg.data.image_size,
-            cfg.data.val_fraction,
-            cfg.seed,
-            cfg.data.cache_dir,
-            cfg.data.max_train_per_class,
-        )
+    data = data or load(cfg)
     timings["data_seconds"] = time.perf_counter() - start
 
     augment = pipeline.build_augmentation(cfg.augmentation)
     on_device = cfg.trainer.augment_on == AugmentOn.model
-    train_ds = pipeline.train_dataset(
-        data.train.images,
-        data.train.labels,
-        cfg.batch_size,
-        cfg.seed,
-        augment=None if on_device else augment,
-        oversample=cfg.class_weighting.name == "oversample",
-    )
+    train_ds = _train_dataset(cfg, data, None if on_device else augment)
     val_ds = pipeline.eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
     test_ds = pipeline.eval_dataset(data.test.images, data.test.labels, cfg.batch_size)
-
     model = build_model(cfg.model.name, data.train.images.shape[1:], cfg.dropout, cfg.batchnorm)
     trained = _with_device_augmentation(model, augment, cfg.seed) if on_device and augment else model
     compile_model(trained, cfg, len(data.train.labels))
@@ -209,7 +213,6 @@ def train(
     if cfg.trainer.tune_threshold:
         threshold = youden_threshold(data.val.labels, val_probabilities)
     probabilities = predict_probabilities(model, test_ds)
-    test_metrics = binary_metrics(data.test.labels, probabilities, threshold)
     timings["eval_seconds"] = time.perf_counter() - start
     keras.mixed_precision.set_global_policy("float32")  # the next job in this process starts clean
 
@@ -219,7 +222,7 @@ def train(
         history=history,
         best_epoch=kept + 1,
         threshold=float(threshold),
-        test_metrics=test_metrics,
+        test_metrics=binary_metrics(data.test.labels, probabilities, threshold),
         test_probabilities=probabilities,
         val_probabilities=val_probabilities,
         class_weights=data.class_weights(cfg.class_weighting.name),
