@@ -1,6 +1,7 @@
 """Command line: `python -m analysis report [--experiment NAME] [--tracking-uri URI] [--out DIR]
-[--baseline K=V,...] [--sweep RUN_ID | --all-runs]` and `python -m analysis stretch --run-id ID
-[--factors F,...] [--tracking-uri URI] [--out CSV]` (= `python -m ablation.stretch`)."""
+[--baseline K=V,...] [--sweep RUN_ID | --all-runs] [--replicates N] [--halfwidth H]` and
+`python -m analysis stretch --run-id ID [--factors F,...] [--tracking-uri URI] [--out CSV]`
+(= `python -m ablation.stretch`)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="output folder (default: runs/reports/<experiment>-<sweep id[:8]|all>)"
     )
     report.add_argument("--baseline", help="baseline configuration as K=V,... (default: first level of each factor)")
+    report.add_argument(
+        "--replicates", type=int, default=2000, help="bootstrap replicates over seeds and test images (default 2000)"
+    )
+    report.add_argument(
+        "--halfwidth", type=float, default=0.01, help="target half-width for 'seeds needed' (default 0.01)"
+    )
     which = report.add_mutually_exclusive_group()
     which.add_argument("--sweep", metavar="RUN_ID", help="sweep parent run to analyse (default: the latest)")
     which.add_argument("--all-runs", action="store_true", help="every job run of the experiment, not one sweep")
@@ -43,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         help="a run's validation and test metrics with every image stretched in width (aspect probe)",
     )
     args = parser.parse_args(argv)
+    if args.replicates < 100 or not 0 < args.halfwidth < 1:
+        parser.error(f"--replicates {args.replicates} (an int >= 100) or --halfwidth {args.halfwidth} (in (0, 1))")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Imported late so that `--help` and argument errors answer without loading matplotlib.
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = load_study(tracking_uri(args.tracking_uri), args.experiment, args.sweep, args.all_runs)
         out = args.out or default_out(study)
-        files = build_report(study, out, args.baseline)
+        files = build_report(study, out, args.baseline, args.replicates, args.halfwidth)
     except AnalysisError as error:
         print(f"analysis report: error: {error}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ import pandas as pd
 from ablation.config import NOT_CONFIGURATION
 from ablation.data import CLASSES
 from analysis import figures
+from analysis.bootstrap import REPLICATES, align
 from analysis.runs import TEST_METRICS, Study
 from analysis.stats import (
     ablation_table,
@@ -34,6 +35,7 @@ from analysis.stats import (
     stability,
 )
 from analysis.transfer import transfer_runs, transfer_summary
+from analysis.verdict import HALFWIDTH, Verdict, verdict
 
 KEY_METRICS = ("test_auc", "test_accuracy", "test_f1")  # the ones the summary and the report tables show
 NAMES = {
@@ -87,14 +89,15 @@ def _top(values: pd.Series):
     return values.fillna(-math.inf).idxmax()
 
 
-def _best_per_network(study: Study, finished: pd.DataFrame, factors: list[str], tmp: Path) -> list[dict]:
+def _best_per_network(
+    study: Study, finished: pd.DataFrame, factors: list[str], predictions: dict, tmp: Path
+) -> list[dict]:
     by = [figures.NETWORK] if figures.NETWORK in factors else []
     others = [f for f in factors if f not in by]
     ranked = finished.sort_values("test_auc", ascending=False, na_position="last", kind="stable")
     best = []
     for key in ordered_configs(finished, by):
         run = ranked[config_keys(ranked, by).map(key.__eq__)].iloc[0]
-        csv = study.artifact(run["run_id"], "test_predictions.csv", tmp / run["run_id"])
         network = key[0] if by else "best run"
         gradcam = study.artifact(run["run_id"], "gradcam_panel.png", tmp / run["run_id"])
         rest = label(config_keys(run.to_frame().T, others).iloc[0], others)
@@ -108,7 +111,7 @@ def _best_per_network(study: Study, finished: pd.DataFrame, factors: list[str], 
                 "run_id": run["run_id"],
                 "test_auc": run["test_auc"],
                 "threshold": 0.5 if math.isnan(run["threshold"]) else float(run["threshold"]),
-                "predictions": pd.read_csv(csv) if csv else None,
+                "predictions": predictions.get(run["run_id"], {}).get("test"),
                 "gradcam": gradcam,
             }
         )
@@ -145,45 +148,64 @@ def _data_record_blocks(record: dict | None, run_id: str) -> list:
     return blocks
 
 
+def _decided(main: pd.DataFrame) -> pd.Series:
+    """Which rows the headline calls real: Holm-adjusted bootstrap p < 0.05 (per metric, over all main effects);
+    where no run logged its test predictions, the t-interval excluding 0 or raw p < 0.05."""
+    if main["p_holm"].notna().any():
+        return main["p_holm"] < 0.05
+    return matters(main["diff_ci_low"], main["diff_ci_high"], main["p_value"])
+
+
 def _summary(factors, table, main, baseline) -> list[str]:
-    """The answer first: best configuration, then which factors matter."""
+    """The answer first: best configuration, then which factors matter, by Holm-adjusted p-values."""
     best = table.loc[_top(table["test_auc_mean"])]
     key = tuple(best[factors].astype(str))
-    ci = {m: _ci(best[f"{m}_mean"], best[f"{m}_ci_low"], best[f"{m}_ci_high"]) for m in KEY_METRICS}
+    ci = {m: _ci(best[f"{m}_mean"], best[f"{m}_boot_low"], best[f"{m}_boot_high"]) for m in KEY_METRICS}
+    seeds = "1 seed" if best["n"] == 1 else f"{int(best['n'])} seeds"
     lines = [
         f"**Best configuration:** {label(key, factors)}: test ROC AUC {ci['test_auc']}, "
-        f"accuracy {ci['test_accuracy']} "
-        + ("(n = 1: no interval)." if best["n"] == 1 else f"(n = {int(best['n'])} seeds; 95% CI in brackets).")
+        f"accuracy {ci['test_accuracy']} ({seeds}; 95% interval over seeds and test images in brackets)."
     ]
     if not factors:
         lines.append("No param varies across the finished runs: one configuration, nothing to compare.")
         return lines
     shown = main[main["metric"].isin(KEY_METRICS) & (main["test"] != "reference")]
-    real = shown[matters(shown["diff_ci_low"], shown["diff_ci_high"], shown["p_value"])]
+    decided = _decided(shown)
+    real = shown[decided]
     parts = [
         f"{f} ({', '.join(NAMES[m] for m in KEY_METRICS if m in set(g['metric']))})"
         for f, g in real.groupby("factor", sort=False)
     ]
+    rule = "Holm-adjusted p < 0.05 per metric, from the bootstrap over seeds and test images"
     lines.append(
-        f"**Factors that matter:** {'; '.join(parts)}."
+        f"**Factors that matter** ({rule}): {'; '.join(parts)}."
         if parts
-        else "**No factor** has a main effect on ROC AUC, accuracy or F1 whose 95% CI excludes 0 (or p < 0.05)."
+        else f"**No factor** has a main effect on ROC AUC, accuracy or F1 with {rule}."
     )
     for (f, level), g in shown.groupby(["factor", "level"], sort=False):
-        bits = [
-            f"{NAMES[r.metric]} {_ci(r.diff, r.diff_ci_low, r.diff_ci_high, sign=True)}, "
-            f"{_p(r.p_value, 'p ')}{' ✔' if matters(r.diff_ci_low, r.diff_ci_high, r.p_value) else ''}"
-            for r in g.set_index("metric").loc[list(KEY_METRICS)].reset_index().itertuples()
-        ]
-        lines.append(f"{f} = {level} vs {g['reference'].iloc[0]} ({g['test'].iloc[0]}): " + "; ".join(bits))
+        bits, by_metric = [], {r["metric"]: (i, r) for i, r in g.iterrows()}
+        for i, r in (by_metric[m] for m in KEY_METRICS):
+            booted = not math.isnan(r["p_holm"])
+            low, high = (r["boot_low"], r["boot_high"]) if booted else (r["diff_ci_low"], r["diff_ci_high"])
+            p = _p(r["p_holm"], "p_holm ") if booted else _p(r["p_value"], "p ")
+            bits.append(f"{NAMES[r['metric']]} {_ci(r['diff'], low, high, sign=True)}, {p}{' ✔' if decided[i] else ''}")
+        lines.append(f"{f} = {level} vs {g['reference'].iloc[0]} ({int(g['pairs'].iloc[0])} pairs): " + "; ".join(bits))
     lines.append(f"Baseline for the effects table: **{label(baseline, factors)}** ({BASELINE_RULE}).")
     return lines
+
+
+def _both(mean, boot_low, boot_high, t_low, t_high, sign=False) -> str:
+    """The bootstrap interval (seeds and test images) where there is one, else the seed-only t-interval."""
+    if math.isnan(boot_low):
+        return _ci(mean, t_low, t_high, sign=sign)
+    return _ci(mean, boot_low, boot_high, sign=sign)
 
 
 def _shown_ablation(table: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
     shown = table[factors + ["n"]].copy()
     for m in TEST_METRICS:
-        shown[NAMES[m]] = [_ci(*v) for v in table[[f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high"]].to_numpy()]
+        columns = [f"{m}_{c}" for c in ("mean", "boot_low", "boot_high", "ci_low", "ci_high")]
+        shown[NAMES[m]] = [_both(*v) for v in table[columns].to_numpy()]
     best = _top(table["test_auc_mean"])
     shown.loc[best, NAMES["test_auc"]] = "★ " + shown.loc[best, NAMES["test_auc"]]
     return shown
@@ -198,10 +220,13 @@ def _shown_main(main: pd.DataFrame) -> pd.DataFrame:
             "n": main["n"],
             "metric": main["metric"].map(NAMES),
             "mean [95% CI]": [_ci(*v) for v in main[["mean", "ci_low", "ci_high"]].to_numpy()],
-            "Δ vs reference [95% CI]": [
+            "Δ vs reference [95% t-CI]": [
                 _ci(*v, sign=True) for v in main[["diff", "diff_ci_low", "diff_ci_high"]].to_numpy()
             ],
-            "p": main["p_value"].map(_p),
+            "p (t)": main["p_value"].map(_p),
+            "Δ [95% bootstrap]": [_ci(*v, sign=True) for v in main[["diff", "boot_low", "boot_high"]].to_numpy()],
+            "p (bootstrap)": main["p_boot"].map(_p),
+            "p (Holm)": main["p_holm"].map(_p),
             "test": main["test"],
             "pairs": [str(n) if n else "—" for n in main["pairs"]],
         }
@@ -212,12 +237,116 @@ def _shown_effects(eff: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
     first = eff[eff["metric"] == KEY_METRICS[0]]
     shown = first[factors + ["n"]].reset_index(drop=True)
     for m in KEY_METRICS:
-        shown[f"Δ {NAMES[m]} [95% CI] (p)"] = [
-            f"{_ci(r.diff, r.ci_low, r.ci_high, sign=True)} ({_p(r.p_value, 'p ')})"
+        shown[f"Δ {NAMES[m]} [95%] (p_holm)"] = [
+            f"{_both(r.diff, r.boot_low, r.boot_high, r.ci_low, r.ci_high, sign=True)} ({_p(r.p_holm, 'p ')})"
             for r in eff[eff["metric"] == m].itertuples()
         ]
-    shown["test"] = first["test"].to_numpy()
+    shown["t-test"] = first["test"].to_numpy()
     return shown
+
+
+def _verdict_blocks(tables: Tables) -> list:
+    """Seed ensembles; how sure, and what more seeds would buy; interactions and the ANOVA."""
+    v, factors = tables.verdict, tables.factors
+    blocks = [("h2", "Seed ensembles")]
+    if v.ensembles.empty:
+        blocks.append(("p", "No run logged `test_predictions.csv`: no ensembles, no bootstrap."))
+    else:
+        shown = v.ensembles[[*factors, "n"]].copy()
+        shown["ROC AUC [DeLong 95%]"] = [
+            _ci(*r) for r in v.ensembles[["test_auc", "test_auc_low", "test_auc_high"]].to_numpy()
+        ]
+        for m in ("test_auc", "test_accuracy"):
+            shown[f"{NAMES[m]}: ensemble − mean run"] = (v.ensembles[m] - v.ensembles[f"{m}_runs_mean"]).map(
+                lambda x: _num(x, sign=True)
+            )
+        shown["accuracy"] = v.ensembles["test_accuracy"].map(_num)
+        blocks += [
+            (
+                "p",
+                "Per configuration, the mean of its seeds' test probabilities per image, at the runs' threshold; "
+                "what it adds over the mean of its single runs on the same images. Against the baseline's "
+                "ensemble: DeLong's paired test of ROC AUC and McNemar's exact test of accuracy, Holm-adjusted per "
+                "metric (`ensemble_effects.csv`).",
+            ),
+            ("table", shown),
+        ]
+        if len(v.ensemble_effects):
+            e = v.ensemble_effects
+            ee = e[factors].copy()
+            ee["metric"] = e["metric"].map(NAMES)
+            ee["Δ"] = e["diff"].map(lambda x: _num(x, sign=True))
+            ee["p"] = e["p_value"].map(_p)
+            ee["p (Holm)"] = e["p_holm"].map(_p)
+            ee["test"] = e["test"]
+            blocks.append(("table", ee))
+    blocks += _planning_blocks(v.planning, factors, v.halfwidth)
+    if v.interactions is not None:
+        blocks += _interaction_blocks(v.interactions, v.anova)
+    return blocks
+
+
+def _planning_blocks(planning: pd.DataFrame, factors: list[str], halfwidth: float) -> list:
+    heading = ("h2", "How sure, and what more seeds would buy")
+    if planning.empty:
+        return [heading, ("p", "One configuration: no effect to plan for.")]
+    shown = planning[planning["metric"].isin(KEY_METRICS)]
+    table = shown[factors].copy()
+    table["metric"] = shown["metric"].map(NAMES)
+    table["seeds (pairs)"] = shown["n"]
+    table["sd of a difference"] = shown["sd_diff"].map(lambda x: _num(x, 4))
+    table["± now (seeds)"] = shown["halfwidth_now"].map(_num)
+    table["± from the test images alone"] = shown["test_set_halfwidth"].map(_num)
+    table["smallest effect found 4 times in 5"] = shown["mde_80"].map(_num)
+    table[f"seeds for ±{halfwidth:g}"] = shown["seeds_for_halfwidth"].map(
+        lambda x: "—" if math.isnan(x) else f"{x:.0f}"
+    )
+    return [
+        heading,
+        (
+            "p",
+            "Per configuration versus the baseline: the spread of a per-seed difference, the half-width of its "
+            "95% t-interval now, the half-width the 624 test images alone impose (more seeds do not shrink it), "
+            "the smallest true difference a paired t-test at 5% detects with 80% power at this many seeds, and "
+            f"the seeds an interval of ±{halfwidth:g} needs (`--halfwidth`). A difference smaller than the "
+            "test-image half-width cannot be settled on this test set, however many seeds.",
+        ),
+        ("table", table),
+    ]
+
+
+def _interaction_blocks(interactions: pd.DataFrame, anova_table: pd.DataFrame | None) -> list:
+    shown = interactions[interactions["metric"].isin(KEY_METRICS)]
+    table = pd.DataFrame(
+        {
+            "contrast": [
+                f"{r.factor_a}={r.level_a} (vs {r.reference_a}) × {r.factor_b}={r.level_b} (vs {r.reference_b})"
+                for r in shown.itertuples()
+            ],
+            "metric": shown["metric"].map(NAMES),
+            "blocks": shown["n"],
+            "difference of differences [95% bootstrap]": [
+                _both(*v, sign=True) for v in shown[["diff", "boot_low", "boot_high", "ci_low", "ci_high"]].to_numpy()
+            ],
+            "p (Holm)": shown["p_holm"].map(_p),
+        }
+    )
+    blocks = [
+        ("h2", "Interactions"),
+        (
+            "p",
+            "In a full factorial: how much one factor's effect changes with another's level, (a, b) − (a₀, b) − "
+            "(a, b₀) + (a₀, b₀), over the blocks (other factors' levels and seed) that hold all four cells.",
+        ),
+        ("table", table),
+    ]
+    if anova_table is not None:
+        a = anova_table.copy()
+        a["sum_sq"] = a["sum_sq"].map(lambda x: _num(x, 5))
+        a["F"] = a["F"].map(lambda x: _num(x, 2))
+        a["p_value"] = a["p_value"].map(_p)
+        blocks += [("p", "ANOVA of test ROC AUC, seed as a block (type II sums of squares):"), ("table", a)]
+    return blocks
 
 
 def _shown_stability(stab: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
@@ -272,21 +401,29 @@ def _transfer_blocks(per_run: pd.DataFrame, finished: pd.DataFrame, factors: lis
     ]
 
 
-def _method(aliases: dict[str, list[str]]) -> list[str]:
+def _method(aliases: dict[str, list[str]], replicates: int) -> list[str]:
     found = "; ".join(f"{f} (same split as {', '.join(a)})" if a else f for f, a in aliases.items())
     return [
         f"Factors: the params that vary across the finished runs, one per distinct split: {found or 'none'}. "
         "Never factors: `seed` (the replicate) and params splitting the runs like it, and what is not part of "
         f"a configuration: {', '.join(f'`{key}`' for key in NOT_CONFIGURATION)}.",
-        "Intervals: two-sided 95% Student-t over the seeds of a configuration (df = n − 1, standard "
-        "error sd/√n with ddof = 1); none at n = 1.",
-        "Effects: paired t-test on the per-seed differences when both configurations have the same "
-        "seeds, else Welch's t-test with Welch–Satterthwaite degrees of freedom.",
+        f"Intervals shown: 95% percentile intervals of a hierarchical bootstrap ({replicates} replicates, seed 0): "
+        "in each replicate the test images are drawn with replacement once, shared by every run, then each "
+        "configuration's seeds are drawn with replacement; at n = 1 it is the test-image bootstrap alone. The "
+        "seed-only Student-t intervals (df = n − 1; none at n = 1) are the `_ci_` columns of the CSV files.",
+        "Effects: configuration − baseline with both sides resampled together (the same seeds where they match, "
+        "the same images); p_boot = twice the smaller share of replicates on either side of 0. The t-based "
+        "columns keep the paired t-test (same seeds) or Welch's t-test.",
         f"Default baseline: {BASELINE_RULE}.",
-        "Main effects: mean and t-interval over all finished runs at a level (other factors and seeds "
-        "pooled); difference to the reference level as a paired t-test over the runs matched on the "
-        "other factors' levels and seed (Welch's t-test when fewer than two match). A factor matters "
-        "when the 95% CI of its difference excludes 0 or p < 0.05 (no multiple-comparison correction).",
+        "Main effects: each level against the reference level of its factor, paired on the other factors' "
+        "levels and seed (independent resampling when fewer than two runs match). Multiple comparisons: Holm "
+        "over all rows of a table, per metric (statsmodels' multipletests), in `p_holm`; a factor matters when "
+        "its Holm-adjusted p < 0.05.",
+        "Seed ensembles: the mean test probability over a configuration's seeds; ROC AUC interval and paired "
+        "test by DeLong's method (fast midrank form), accuracy by McNemar's exact test.",
+        "How many seeds: from the spread of the per-seed paired differences, the smallest difference a "
+        "two-sided paired t-test at 5% detects with 80% power (statsmodels' TTestPower) and the seeds a "
+        "t-interval of the chosen half-width needs.",
         f"Stability: {STABILITY_RULE}.",
         "Failed and killed runs are listed and never averaged in.",
     ]
@@ -302,18 +439,27 @@ class Tables:
     aliases: dict[str, list[str]]  # factor -> the params that split the runs like it
     baseline: tuple
     history: pd.DataFrame  # per-epoch curves of the finished runs (`Study.histories`)
-    ablation: pd.DataFrame
+    ablation: pd.DataFrame  # t-intervals over seeds and bootstrap intervals over seeds and test images
     effects: pd.DataFrame
     main: pd.DataFrame
     stability: pd.DataFrame
+    verdict: Verdict  # ensembles, planning, interactions, ANOVA
 
     def csvs(self) -> dict[str, pd.DataFrame]:
-        return {
+        csvs = {
             "ablation_table.csv": self.ablation,
             "effects_table.csv": self.effects,
             "main_effects.csv": self.main,
             "stability.csv": self.stability,
+            "ensemble_table.csv": self.verdict.ensembles,
+            "ensemble_effects.csv": self.verdict.ensemble_effects,
+            "planning.csv": self.verdict.planning,
         }
+        if self.verdict.interactions is not None:
+            csvs["interactions.csv"] = self.verdict.interactions
+        if self.verdict.anova is not None:
+            csvs["anova.csv"] = self.verdict.anova
+        return csvs
 
 
 @dataclass
@@ -334,11 +480,30 @@ class Fetched:
         return [b["gradcam"] for b in self.best if b["gradcam"]]
 
 
-def compute_tables(study: Study, baseline_spec: str | None) -> Tables:
+def fetch_predictions(study: Study, finished: pd.DataFrame, tmp: Path) -> dict[str, dict[str, pd.DataFrame]]:
+    """Each finished run's logged predictions: run id -> split ("val", "test") -> file, label, probability."""
+    logged = {}
+    for run_id in finished["run_id"]:
+        files = {s: study.artifact(run_id, f"{s}_predictions.csv", tmp / run_id) for s in ("val", "test")}
+        logged[run_id] = {split: pd.read_csv(path) for split, path in files.items() if path}
+    return logged
+
+
+def compute_tables(
+    study: Study, baseline_spec: str | None, predictions: dict, replicates: int = REPLICATES, halfwidth=HALFWIDTH
+) -> Tables:
     finished = study.finished.reset_index(drop=True)
     factors, aliases = find_factors(finished, study.params)
     baseline = choose_baseline(finished, factors, parse_baseline(baseline_spec))
     history = study.histories(finished["run_id"])
+    thresholds = dict(zip(finished["run_id"], finished["threshold"].fillna(0.5), strict=True))
+    test = align({r: p["test"] for r, p in predictions.items() if "test" in p}, thresholds)
+    t_tables = {
+        "ablation": ablation_table(finished, factors),
+        "effects": effects(finished, factors, baseline),
+        "main": main_effects(finished, factors, baseline),
+    }
+    judged = verdict(finished, factors, baseline, t_tables, test, halfwidth, replicates=replicates)
     return Tables(
         finished=finished,
         failed=study.failed,
@@ -346,20 +511,21 @@ def compute_tables(study: Study, baseline_spec: str | None) -> Tables:
         aliases=aliases,
         baseline=baseline,
         history=history,
-        ablation=ablation_table(finished, factors),
-        effects=effects(finished, factors, baseline),
-        main=main_effects(finished, factors, baseline),
+        ablation=judged.ablation,
+        effects=judged.effects,
+        main=judged.main,
         stability=stability(finished, factors, run_stability(history)),
+        verdict=judged,
     )
 
 
-def fetch_artifacts(study: Study, tables: Tables, out: Path) -> Fetched:
-    """Download what the report needs from the runs; the Grad-CAM panels it shows are copied into `out`."""
+def fetch_artifacts(study: Study, tables: Tables, out: Path, predictions: dict) -> Fetched:
+    """Download what else the report needs from the runs; the Grad-CAM panels it shows are copied into `out`."""
     finished = tables.finished
     top = finished.loc[_top(finished["test_auc"]), "run_id"]
     with tempfile.TemporaryDirectory() as tmp:
-        best = _best_per_network(study, finished, tables.factors, Path(tmp))
-        transfer = transfer_runs(study, finished, tables.factors, Path(tmp) / "transfer")
+        best = _best_per_network(study, finished, tables.factors, predictions, Path(tmp))
+        transfer = transfer_runs(finished, tables.factors, predictions)
         record = study.data_record(top, Path(tmp) / "record")
         for b in best:
             if b["gradcam"]:
@@ -488,13 +654,14 @@ def report_blocks(study: Study, tables: Tables, fetched: Fetched) -> list:
     return [
         *_overview_blocks(study, tables),
         *_effect_blocks(tables),
+        *_verdict_blocks(tables),
         *_best_run_blocks(fetched),
         *_transfer_blocks(fetched.transfer, tables.finished, tables.factors),
         *_training_blocks(tables),
         ("h2", "Data record"),
         *_data_record_blocks(fetched.record, fetched.top),
         ("h2", "Method"),
-        ("ul", _method(tables.aliases)),
+        ("ul", _method(tables.aliases, tables.verdict.replicates)),
     ]
 
 
@@ -511,11 +678,15 @@ def log_to_parent(study: Study, files: list[Path]) -> None:
             study.client.log_artifact(study.parent_id, str(path), "report")
 
 
-def build_report(study: Study, out: Path, baseline_spec: str | None = None) -> list[Path]:
+def build_report(
+    study: Study, out: Path, baseline_spec: str | None = None, replicates: int = REPLICATES, halfwidth=HALFWIDTH
+) -> list[Path]:
     """Write every output file into `out`; log them to the sweep run when there is one."""
-    tables = compute_tables(study, baseline_spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        predictions = fetch_predictions(study, study.finished, Path(tmp))
+    tables = compute_tables(study, baseline_spec, predictions, replicates, halfwidth)
     out.mkdir(parents=True, exist_ok=True)
-    fetched = fetch_artifacts(study, tables, out)
+    fetched = fetch_artifacts(study, tables, out, predictions)
     files = write_tables(tables, fetched, out) + draw_figures(tables, fetched, out) + fetched.gradcams
     files += write_documents(report_blocks(study, tables, fetched), out, study.experiment)
     log_to_parent(study, files)

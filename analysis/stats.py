@@ -6,12 +6,18 @@ order); seeds are its replicates. Every interval is a two-sided 95% Student-t in
 
 from __future__ import annotations
 
+import gc
+import itertools
 import math
 import warnings
 
 import numpy as np
 import pandas as pd
+import statsmodels.formula.api as smf
 from scipy import stats
+from statsmodels.stats.anova import anova_lm
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from ablation.config import is_configuration_key
 from analysis.runs import TEST_METRICS, AnalysisError
@@ -268,3 +274,133 @@ def stability(runs: pd.DataFrame, factors: list[str], per_run: pd.DataFrame) -> 
             row[col] = group[col].mean()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-adjusted p-values (statsmodels' `multipletests`), NaN where the raw one is NaN."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        # statsmodels' Holm branch calls gc.collect(): about a second in a process holding MLflow and pandas.
+        # Frozen objects are left out of that scan, so it costs nothing; they are unfrozen right after.
+        gc.freeze()
+        try:
+            adjusted[finite] = multipletests(p[finite], method="holm")[1]
+        finally:
+            gc.unfreeze()
+    return adjusted
+
+
+def holm_by_metric(table: pd.DataFrame, p_column: str, rows=None) -> pd.Series:
+    """`p_holm`: Holm over the rows of each metric (all of them, or the `rows` mask), NaN elsewhere."""
+    adjusted = pd.Series(np.nan, index=table.index)
+    mask = pd.Series(True, index=table.index) if rows is None else rows
+    for _, group in table[mask].groupby("metric", sort=False):
+        adjusted[group.index] = holm(group[p_column])
+    return adjusted
+
+
+def detectable_difference(sd_diff: float, n: int, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided paired t-test at 5% finds with `power`, at n pairs of spread sd."""
+    if n < 2 or not np.isfinite(sd_diff):
+        return math.nan
+    d = TTestPower().solve_power(nobs=n, alpha=1 - LEVEL, power=power, alternative="two-sided")
+    return float(d * sd_diff)
+
+
+def seeds_for_halfwidth(sd_diff: float, halfwidth: float, cap: int = 100_000) -> float:
+    """The smallest n >= 2 whose t-interval of a mean difference of spread sd has half-width <= `halfwidth`."""
+    if not np.isfinite(sd_diff):
+        return math.nan
+    z = stats.norm.ppf((1 + LEVEL) / 2)
+    n = max(2, math.ceil((z * sd_diff / halfwidth) ** 2))  # t > z: the answer is at least this
+    while stats.t.ppf((1 + LEVEL) / 2, n - 1) * sd_diff / math.sqrt(n) > halfwidth:
+        n += 1
+        if n > cap:
+            return math.nan
+    return float(n)
+
+
+def full_factorial(runs: pd.DataFrame, factors: list[str]) -> bool:
+    """Two or more factors, and every combination of their levels has a finished run."""
+    if len(factors) < 2:
+        return False
+    levels = [runs[f].fillna(UNSET).astype(str).nunique() for f in factors]
+    return len(set(config_keys(runs, factors))) == math.prod(levels)
+
+
+def interaction_units(
+    runs: pd.DataFrame, factors: list[str], baseline: tuple, a: str, b: str, level_a: str, level_b: str
+) -> list[dict]:
+    """The blocks (other factors' levels and seed) that hold all four cells of the a x b contrast, with the
+    run id of each cell: (level_a, level_b), (ref_a, level_b), (level_a, ref_b), (ref_a, ref_b)."""
+    ia, ib = factors.index(a), factors.index(b)
+    cells = [(level_a, level_b), (baseline[ia], level_b), (level_a, baseline[ib]), (baseline[ia], baseline[ib])]
+    keyed = _keyed(runs, [f for f in factors if f not in (a, b)])
+    va, vb = (runs[f].fillna(UNSET).astype(str).to_numpy() for f in (a, b))
+    units: dict[str, list] = {}
+    for j, (x, y) in enumerate(cells):
+        cell = (va == x) & (vb == y)
+        for unit, run_id in zip(keyed.index[cell], keyed["run_id"][cell], strict=True):
+            units.setdefault(unit, [None] * 4)[j] = run_id
+    return [{"unit": u, "runs": r} for u, r in units.items() if None not in r]
+
+
+INTERACTION = (1.0, -1.0, -1.0, 1.0)  # (a, b) − (a0, b) − (a, b0) + (a0, b0): a difference of differences
+
+
+def interactions(runs: pd.DataFrame, factors: list[str], baseline: tuple, metrics=TEST_METRICS) -> pd.DataFrame:
+    """Two-way interaction contrasts in a full factorial: for each pair of factors and each pair of non-reference
+    levels, how much the effect of one changes with the other, with a t-interval over the blocks."""
+    rows = []
+    by_id = runs.set_index("run_id")
+    for a, b in itertools.combinations(factors, 2):
+        ia, ib = factors.index(a), factors.index(b)
+        levels_a = [x for x in sorted(runs[a].fillna(UNSET).astype(str).unique(), key=level_key) if x != baseline[ia]]
+        levels_b = [x for x in sorted(runs[b].fillna(UNSET).astype(str).unique(), key=level_key) if x != baseline[ib]]
+        for level_a, level_b in itertools.product(levels_a, levels_b):
+            units = interaction_units(runs, factors, baseline, a, b, level_a, level_b)
+            for m in metrics:
+                values = [sum(c * by_id.at[r, m] for c, r in zip(INTERACTION, u["runs"], strict=True)) for u in units]
+                mean, low, high = t_interval(values)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    p = stats.ttest_1samp(values, 0.0).pvalue if len(values) >= 2 else math.nan
+                rows.append(
+                    {
+                        "factor_a": a,
+                        "level_a": level_a,
+                        "reference_a": baseline[ia],
+                        "factor_b": b,
+                        "level_b": level_b,
+                        "reference_b": baseline[ib],
+                        "metric": m,
+                        "n": len(values),
+                        "diff": mean,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "p_value": float(p),
+                        "units": [u["runs"] for u in units],
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def anova(runs: pd.DataFrame, factors: list[str], metric: str = "test_auc") -> pd.DataFrame | None:
+    """ANOVA of `metric` on the factors and all their interactions, with the seed as a block (statsmodels, type
+    II sums of squares); None without two factors, seeds, or residual degrees of freedom."""
+    if len(factors) < 2 or REPLICATE not in runs or runs[REPLICATE].nunique() < 2:
+        return None
+    names = {f: f"f{i}" for i, f in enumerate(factors)}  # formula-safe names for dotted params
+    data = runs[[*factors, REPLICATE, metric]].rename(columns=names).astype({v: str for v in names.values()})
+    data = data.assign(block=runs[REPLICATE].astype(str), y=runs[metric].astype(float)).dropna(subset=["y"])
+    formula = "y ~ " + " * ".join(f"C({v})" for v in names.values()) + " + C(block)"
+    fit = smf.ols(formula, data=data).fit()
+    if fit.df_resid < 1:
+        return None
+    table = anova_lm(fit, typ=2).reset_index(names="source")
+    back = {f"C({v})": f for f, v in names.items()} | {"C(block)": "seed (block)"}
+    table["source"] = [":".join(back.get(part, part) for part in s.split(":")) for s in table["source"]]
+    table.insert(1, "metric", metric)
+    return table.rename(columns={"sum_sq": "sum_sq", "df": "df", "F": "F", "PR(>F)": "p_value"})

@@ -9,13 +9,10 @@ it is chosen on test and never used.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from ablation.metrics import binary_metrics, youden_threshold
-from analysis.runs import Study
 from analysis.stats import config_keys, label, ordered_configs
 
 
@@ -45,15 +42,16 @@ def run_transfer(val: pd.DataFrame, test: pd.DataFrame, threshold: float) -> dic
     }
 
 
-def transfer_runs(study: Study, finished: pd.DataFrame, factors: list[str], tmp: Path) -> pd.DataFrame:
-    """One row per finished run that logged both prediction files: its configuration, run id and figures."""
+def transfer_runs(finished: pd.DataFrame, factors: list[str], predictions: dict) -> pd.DataFrame:
+    """One row per finished run that logged both prediction files (`predictions`: run id -> split -> frame):
+    its configuration, run id and figures."""
     rows = []
     for (_, run), key in zip(finished.iterrows(), config_keys(finished, factors), strict=True):
-        files = [study.artifact(run["run_id"], f"{s}_predictions.csv", tmp / run["run_id"]) for s in ("val", "test")]
-        if None in files:
+        logged = predictions.get(run["run_id"], {})
+        if "val" not in logged or "test" not in logged:
             continue  # a run from before val_predictions.csv was logged
         threshold = 0.5 if pd.isna(run.get("threshold")) else float(run["threshold"])
-        figures = run_transfer(*(pd.read_csv(f) for f in files), threshold)
+        figures = run_transfer(logged["val"], logged["test"], threshold)
         rows.append({"configuration": label(key, factors), "run_id": run["run_id"], **figures})
     return pd.DataFrame(rows)
 

@@ -1,8 +1,9 @@
 """A hand-made MLflow store shaped like a real ablation sweep, for tests of `python -m analysis report`.
 
 Main sweep: model {cnn, resnet18} x dropout {0.0, 0.5} x seeds {1, 2, 3}; (resnet18, 0.5, seed 3) FAILED.
-An older sweep holds a single run (cnn, 0.0, seed 7). Every number logged is returned to the caller so
-that tests can recompute expectations independently.
+An older sweep holds a single run (cnn, 0.0, seed 7). Each run's test metrics are computed from the test
+predictions it logs (as a real run's are): resnet18 separates the classes much better, dropout 0.5 a little.
+Every number logged is returned to the caller so that tests can recompute expectations independently.
 """
 
 from __future__ import annotations
@@ -15,18 +16,27 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from processes import run_module
 
+from ablation.metrics import binary_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "pneumonia-ablation-test"
-TEST_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "pr_auc")
 EPOCHS = 6
+LABELS = np.array([0] * 80 + [1] * 120)  # the shared test (and validation) images
 T0 = 1_700_000_000_000  # ms
 ERROR = "ResourceExhaustedError: OOM when allocating tensor"
 
 
-def _metrics(model: str, dropout: str, seed: int) -> dict[str, float]:
-    rng = np.random.default_rng([seed, len(model), int(float(dropout) * 10)])
-    shift = (0.05 if model == "resnet18" else 0.0) + (0.02 if dropout == "0.5" else 0.0) + 0.01 * seed
-    return {f"test_{m}": round(0.70 + shift + 0.02 * rng.random(), 6) for m in TEST_METRICS}
+def _probabilities(model: str, dropout: str, seed: int, split: str) -> np.ndarray:
+    """Validation separates the classes better than test, and test NORMALs sit higher: a shift."""
+    rng = np.random.default_rng([seed, len(model), int(float(dropout) * 10), len(split)])
+    if split == "val":
+        return np.round(np.clip(0.2 + 0.5 * LABELS + rng.normal(0, 0.1, len(LABELS)), 0.01, 0.99), 3)
+    separation = 0.2 + (0.25 if model == "resnet18" else 0.0) + (0.05 if dropout == "0.5" else 0.0) + 0.01 * seed
+    return np.round(np.clip(0.3 + separation * LABELS + rng.normal(0, 0.25, len(LABELS)), 0.01, 0.99), 3)
+
+
+def _metrics(probabilities: np.ndarray) -> dict[str, float]:
+    return {f"test_{k}": float(v) for k, v in binary_metrics(LABELS, probabilities, 0.5).items()}
 
 
 def _history(seed: int, dropout: str) -> dict[str, list[float]]:
@@ -69,7 +79,6 @@ def build_store(tmp: Path) -> dict:
     exp_id = client.create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
     files = tmp / "files"
     files.mkdir()
-    labels = np.array([0] * 16 + [1] * 24)
     record = {
         "image_size": 64,
         "splits": {
@@ -92,7 +101,9 @@ def build_store(tmp: Path) -> dict:
         params = [Param(k, v) for k, v in _params(model, dropout, seed, run).items()]
         metrics = []
         if status == "FINISHED":
-            once = {**_metrics(model, dropout, seed), "num_params": 1e5, "best_epoch": 5, "threshold": 0.5}
+            predicted = {split: _probabilities(model, dropout, seed, split) for split in ("val", "test")}
+            values[(model, dropout, seed)] = _metrics(predicted["test"])
+            once = {**values[(model, dropout, seed)], "num_params": 1e5, "best_epoch": 5, "threshold": 0.5}
             metrics = [Metric(k, v, T0, 0) for k, v in once.items()]
             metrics += [
                 Metric(k, float(v), T0 + step, step)
@@ -101,13 +112,10 @@ def build_store(tmp: Path) -> dict:
             ]
             folder = files / str(run)
             folder.mkdir()
-            # Validation separates the classes better than test, and test NORMALs sit higher: a shift.
-            for split, normal_p, spread in (("val", 0.2, 0.1), ("test", 0.3, 0.25)):
-                noise = np.random.default_rng(run).normal(0, spread, len(labels))
-                probs = np.round(np.clip(normal_p + 0.5 * labels + noise, 0.01, 0.99), 3)
+            for split, probs in predicted.items():
                 (folder / f"{split}_predictions.csv").write_text(
                     "file,label,probability\n"
-                    + "".join(f"img{i}.jpeg,{y},{p}\n" for i, (y, p) in enumerate(zip(labels, probs, strict=True)))
+                    + "".join(f"img{i}.jpeg,{y},{p}\n" for i, (y, p) in enumerate(zip(LABELS, probs, strict=True)))
                 )
                 client.log_artifact(run_id, str(folder / f"{split}_predictions.csv"))
             client.log_artifact(run_id, str(files / "data_record.json"))
@@ -115,12 +123,14 @@ def build_store(tmp: Path) -> dict:
         client.set_terminated(run_id, status)
         return run_id
 
+    values: dict[tuple, dict[str, float]] = {}
     old = client.create_run(exp_id, start_time=T0, tags={"ablation.role": "sweep"}).info.run_id
     old_child = child(old, "cnn", "0.0", 7, run=1)
     client.set_terminated(old, "FINISHED")
+    del values[("cnn", "0.0", 7)]  # the older sweep's
 
     parent = client.create_run(exp_id, start_time=T0 + 100_000, tags={"ablation.role": "sweep"}).info.run_id
-    values, failed = {}, None
+    failed = None
     run = 100
     for model in ("cnn", "resnet18"):
         for dropout in ("0.0", "0.5"):
@@ -130,7 +140,6 @@ def build_store(tmp: Path) -> dict:
                     failed = child(parent, model, dropout, seed, run, status="FAILED")
                     continue
                 child(parent, model, dropout, seed, run)
-                values[(model, dropout, seed)] = _metrics(model, dropout, seed)
     client.set_terminated(parent, "FINISHED")
     return {
         "uri": uri,
@@ -143,6 +152,8 @@ def build_store(tmp: Path) -> dict:
         "values": values,
         "history": _history,
         "epochs": EPOCHS,
+        "labels": LABELS,
+        "probabilities": _probabilities,
     }
 
 
