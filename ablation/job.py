@@ -72,12 +72,13 @@ def run_lifecycle(
     parent: str | None = None,
     raise_failures: bool = True,
     on_end: Callable[[Outcome], None] = lambda outcome: None,
+    name: str = "",
 ) -> Iterator[Outcome]:
     """End the run FINISHED, FAILED (error tag, exception logged) or KILLED (Ctrl-C, SIGTERM, a scheduler's exit,
     or such an interrupt that a library's clean-up turned into another error), calling `on_end` first.
 
     An interrupt always propagates (Ctrl-C also ends the sweep's parent run); a failure propagates only with
-    `raise_failures` (a sweep's job returns instead, so the other jobs go on).
+    `raise_failures` (a sweep's job returns instead, so the other jobs go on). `name` is what the log calls the job.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)  # scancel and kill end the run KILLED, like Ctrl-C
@@ -101,7 +102,7 @@ def run_lifecycle(
             killed(interrupt)
             raise interrupt from error
         outcome.status, outcome.error = "FAILED", tracking.redact(f"{type(error).__name__}: {error}")
-        log.exception("run %s failed", run_id)
+        log.exception("job failed: %s", name or run_id)
         tracking.end_run(client, run_id, "FAILED", outcome.error)
         on_end(outcome)
         if raise_failures:
@@ -214,7 +215,7 @@ def run_job(cfg: DictConfig) -> dict:
     log.info("MLflow run %s (%s) in experiment %r", run_id, job.overrides or "defaults", cfg.tracking.experiment)
 
     end = lambda outcome: finish(outcome.status, outcome.error, **outcome.fields)  # noqa: E731
-    with run_lifecycle(client, run_id, parent, raise_failures=not job.in_sweep, on_end=end) as outcome:
+    with run_lifecycle(client, run_id, parent, not job.in_sweep, end, job.overrides) as outcome:
         outcome.fields = _train_and_log(cfg, client, run_id, job.out_dir)
     return entry
 

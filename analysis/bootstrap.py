@@ -71,41 +71,46 @@ def image_weights(n_images: int, replicates: int, rng: np.random.Generator) -> n
     return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=replicates).astype(float)
 
 
-def _ranking_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted ROC AUC (ties count half) and average precision (as scikit-learn's), one per weight row.
+def _ranking_metrics(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted ROC AUC (ties count half) and average precision (as scikit-learn's), one per replicate.
 
-    Images are sorted by score, highest first; at the end of each group of tied scores, the cumulative
-    weighted true and false positives give one point of the ROC and precision-recall curves.
+    `counts` is (images, replicates). Images are sorted by score, highest first; at the end of each group of
+    tied scores, the cumulative drawn true and false positives give one point of the ROC and precision-recall
+    curves. Rows are gathered (contiguous) and summed in float32, exact for counts this small.
     """
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
     ends = np.flatnonzero(np.r_[sorted_scores[1:] != sorted_scores[:-1], True])  # last index of each tie group
-    w = weights[:, order]
-    y = labels[order].astype(float)
-    tp = np.cumsum(w * y, axis=1)[:, ends]
-    fp = np.cumsum(w * (1 - y), axis=1)[:, ends]
-    positives, negatives = tp[:, -1:], fp[:, -1:]
+    w = counts[order]
+    drawn = np.cumsum(w, axis=0)[ends].astype(float)
+    tp = np.cumsum(w * labels[order, None].astype(np.float32), axis=0)[ends].astype(float)
+    fp = drawn - tp
+    positives, negatives = tp[-1:], fp[-1:]
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpr = np.hstack([np.zeros_like(positives), tp / positives])
-        fpr = np.hstack([np.zeros_like(negatives), fp / negatives])
-        auc = np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2, axis=1)
-        precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)  # no image drawn yet: 0
-        average_precision = np.sum(np.diff(tpr, axis=1) * precision, axis=1)
+        tpr = np.vstack([np.zeros_like(positives), tp / positives])
+        fpr = np.vstack([np.zeros_like(negatives), fp / negatives])
+        auc = np.sum(np.diff(fpr, axis=0) * (tpr[1:] + tpr[:-1]) / 2, axis=0)
+        precision = np.divide(tp, drawn, out=np.zeros_like(tp), where=drawn > 0)  # no image drawn yet: 0
+        average_precision = np.sum(np.diff(tpr, axis=0) * precision, axis=0)
     return auc, average_precision
 
 
 def weighted_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float, weights: np.ndarray) -> dict:
     """`ablation.metrics.binary_metrics` of one run under each row of image weights: metric -> (rows,)."""
-    predicted = (probabilities >= threshold).astype(float)
-    y = labels.astype(float)
-    tp, fp = weights @ (predicted * y), weights @ (predicted * (1 - y))
-    fn, tn = weights @ ((1 - predicted) * y), weights @ ((1 - predicted) * (1 - y))
+    counts = np.ascontiguousarray(weights.T, dtype=np.float32)  # (images, replicates)
+    predicted = (probabilities >= threshold).astype(np.float32)
+    y = labels.astype(np.float32)
+    drawn_positives, drawn = y @ counts, counts.sum(axis=0)
+    tp = (predicted * y) @ counts
+    fp = (predicted * (1 - y)) @ counts
+    fn, tn = drawn_positives - tp, drawn - drawn_positives - fp
+    tp, fp, fn, tn = (x.astype(float) for x in (tp, fp, fn, tn))
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
         specificity = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
-    auc, average_precision = _ranking_metrics(labels, probabilities, weights)
+    auc, average_precision = _ranking_metrics(labels, probabilities, counts)
     return {
         "test_accuracy": (tp + tn) / (tp + tn + fp + fn),
         "test_precision": precision,

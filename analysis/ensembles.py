@@ -90,10 +90,15 @@ def ensemble(predictions: ScoredRuns, run_ids: list[str]) -> tuple[np.ndarray, f
 
 
 def ensemble_table(
-    predictions: ScoredRuns, configs: list[tuple], factors: list[str], runs_of: dict[tuple, list[str]]
+    predictions: ScoredRuns,
+    configs: list[tuple],
+    factors: list[str],
+    runs_of: dict[tuple, list[str]],
+    finished: pd.DataFrame,
 ) -> pd.DataFrame:
     """One row per configuration: its seed ensemble's test metrics, DeLong's interval of its ROC AUC, and the
-    mean of its runs' metrics on the same images (what the ensemble adds is the difference)."""
+    mean of its runs' logged test metrics (`<metric>_runs_mean`; what the ensemble adds is the difference)."""
+    logged = finished.set_index("run_id")
     rows = []
     for key in configs:
         run_ids = runs_of.get(key, [])
@@ -105,11 +110,7 @@ def ensemble_table(
         row = {**dict(zip(factors, key, strict=True)), "n": len(run_ids), "threshold": threshold}
         row.update({METRIC_NAMES[k]: float(v) for k, v in scored.items()})
         row.update(test_auc_low=low, test_auc_high=high)
-        singles = [
-            binary_metrics(predictions.labels, predictions.probabilities[predictions.column(r)], threshold)
-            for r in run_ids
-        ]
-        row.update({f"{METRIC_NAMES[k]}_runs_mean": float(np.mean([s[k] for s in singles])) for k in scored})
+        row.update({f"{m}_runs_mean": float(logged.loc[run_ids, m].mean()) for m in METRIC_NAMES.values()})
         rows.append(row)
     return pd.DataFrame(rows)
 

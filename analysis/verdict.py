@@ -65,12 +65,13 @@ class _Study:
         scored = set(predictions.run_ids) if predictions else set()
         self.scored = finished[finished["run_id"].isin(scored)]
         self.boot = Bootstrap(predictions, **boot) if predictions else None
-        self.keys = config_keys(finished, factors)
         self.configs = ordered_configs(finished, factors)
+        keys = config_keys(finished, factors)
+        self._runs = {key: finished[keys.map(key.__eq__)] for key in self.configs}
+        self._scored = {key: runs[runs["run_id"].isin(scored)] for key, runs in self._runs.items()}
 
     def runs(self, key: tuple, scored: bool = False) -> pd.DataFrame:
-        runs = self.finished[self.keys.map(key.__eq__)]
-        return runs[runs["run_id"].isin(self.scored["run_id"])] if scored else runs
+        return (self._scored if scored else self._runs)[key]
 
     def runs_of(self) -> dict[tuple, list[str]]:
         return {key: list(_seeds(self.runs(key, scored=True)).sort_index()) for key in self.configs}
@@ -225,7 +226,7 @@ def verdict(
     runs_of = study.runs_of()
     ensembles = ensemble_effects_table = pd.DataFrame()
     if predictions is not None:
-        ensembles = ensemble_table(predictions, study.configs, factors, runs_of)
+        ensembles = ensemble_table(predictions, study.configs, factors, runs_of, finished)
         ensemble_effects_table = ensemble_effects(predictions, study.configs, factors, runs_of, baseline)
         ensemble_effects_table = ensemble_effects_table.assign(p_holm=holm_by_metric(ensemble_effects_table, "p_value"))
     return Verdict(

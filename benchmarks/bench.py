@@ -38,6 +38,7 @@ os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
@@ -50,7 +51,7 @@ from ablation.tracking import ROLE  # noqa: E402
 from ablation.train import compile_model  # noqa: E402
 
 # The accelerator section runs by default only where TensorFlow sees a GPU.
-SECTIONS = ("load", "pipeline", "epochs", "eval", "sweep", "resnet50", "accelerator")
+SECTIONS = ("load", "pipeline", "epochs", "eval", "sweep", "resnet50", "accelerator", "report")
 # Figure -> (comparison, bound): what the issue asks of this 2-core machine.
 TARGETS = {
     "pipeline_over_cnn": (">=", 10.0),
@@ -58,6 +59,7 @@ TARGETS = {
     "job_overhead_s": ("<", 10.0),
     "resnet50_ours_over_keras": (">=", 0.95),
     "naive_over_ours": (">", 1.0),
+    "report_36_runs_s": ("<", 30.0),
 }
 
 
@@ -544,6 +546,75 @@ def measure_accelerator(
 # --- the command ---------------------------------------------------------------------------------
 
 
+def report_store(root: Path, seeds: int = 3, epochs: int = 4) -> tuple[str, str]:
+    """An MLflow store holding a 3 x 2 x 2 study (network, dropout, augmentation) x `seeds` seeds: every run with its
+    params, epoch curves, test metrics and the two prediction CSVs of a real run, on 624 test images (234 NORMAL)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from ablation.metrics import binary_metrics
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    experiment = client.create_experiment("report-bench", artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(experiment, tags={"ablation.role": "sweep"}).info.run_id
+    labels = np.r_[np.zeros(234, int), np.ones(390, int)]
+    files = [f"test/{'NORMAL' if y == 0 else 'PNEUMONIA'}/img{i}.jpeg" for i, y in enumerate(labels)]
+    for i, (network, dropout, augmentation, seed) in enumerate(
+        (n, d, a, s)
+        for n in ("cnn", "resnet18", "resnet50")
+        for d in ("0.0", "0.5")
+        for a in ("none", "flip")
+        for s in range(seeds)
+    ):
+        rng = np.random.default_rng(i)
+        skill = 1.2 + 0.4 * (network != "cnn") + 0.2 * (augmentation == "flip")
+        logits = rng.normal(0, 1.3, len(labels)) + skill * (2 * labels - 1)
+        tags = {"ablation.role": "job", "mlflow.parentRunId": parent}
+        run = client.create_run(experiment, tags=tags).info.run_id
+        params = {"model": network, "dropout": dropout, "augmentation": augmentation, "seed": str(seed), "epochs": "4"}
+        test = 1 / (1 + np.exp(-logits))
+        once = {f"test_{k}": float(v) for k, v in binary_metrics(labels, test, 0.5).items()}
+        once.update(threshold=0.5, best_epoch=epochs, num_params=1e6)
+        curves = [
+            Metric(key, float(value), 0, epoch)
+            for epoch in range(1, epochs + 1)
+            for key, value in (("loss", 1 / epoch), ("val_loss", 1.1 / epoch), ("accuracy", 0.8), ("val_auc", 0.9))
+        ]
+        metrics = [Metric(k, v, 0, 0) for k, v in once.items()] + curves
+        client.log_batch(run, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+        folder = root / "files" / run
+        folder.mkdir(parents=True)
+        for split, p in (("test", test), ("val", 1 / (1 + np.exp(-(logits + rng.normal(0, 0.5, len(logits))))))):
+            frame = {"file": files, "label": labels, "probability": np.round(p, 6)}
+            pd.DataFrame(frame).to_csv(folder / f"{split}_predictions.csv", index=False)
+        client.log_artifacts(run, str(folder))
+        client.set_terminated(run, "FINISHED")
+    client.set_terminated(parent, "FINISHED")
+    return f"sqlite:///{root}/mlflow.db", "report-bench"
+
+
+def measure_report(work: Path, replicates: int = 2000) -> dict:
+    """`python -m analysis report`'s whole build (tables, bootstrap, ensembles, figures, documents, upload) on a
+    36-run study, and the statistics alone (the tables step)."""
+    from analysis.report import build_report, compute_tables, fetch_predictions
+    from analysis.runs import load_study
+
+    uri, name = report_store(work / "report-store")
+    study = load_study(uri, name)
+    start = time.perf_counter()
+    build_report(study, work / "report", replicates=replicates)
+    whole = time.perf_counter() - start
+    predictions = fetch_predictions(study, study.finished, work / "predictions")
+    start = time.perf_counter()
+    compute_tables(study, None, predictions, replicates)
+    return {
+        "report_runs": len(study.finished),
+        "report_replicates": replicates,
+        "report_36_runs_s": round(whole, 2),
+        "report_statistics_s": round(time.perf_counter() - start, 2),
+    }
+
+
 def check_targets(figures: dict) -> dict[str, bool]:
     met = {}
     for key, (op, bound) in TARGETS.items():
@@ -590,6 +661,8 @@ ROWS = (  # (figure, unit, what it is)
     ("resnet50_keras_img_s", "img/s", "keras.applications ResNet-50 training step"),
     ("resnet50_ours_over_keras", "x", "ours / Keras'"),
     ("resnet50_ours_over_keras_cpu", "x", "Keras' / ours, CPU time per image"),
+    ("report_36_runs_s", "s", "python -m analysis report, 36 runs, 2,000 bootstrap replicates, everything"),
+    ("report_statistics_s", "s", "its tables alone (t, bootstrap, ensembles, planning, interactions)"),
 )
 
 
@@ -689,6 +762,7 @@ def main(argv: list[str] | None = None) -> dict:
             "resnet50",
             lambda: resnet50_vs_keras(args.image_size, 32, args.resnet_steps, args.resnet_rounds, channels=1),
         )
+        section("report", lambda: measure_report(work))
         section(
             "accelerator",
             lambda: measure_accelerator(
