@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -270,6 +271,16 @@ def test_an_interrupt_that_a_clean_up_turns_into_another_error_still_ends_the_ru
     client = mlflow.MlflowClient(f"sqlite:///{runs}/mlflow.db")
     [run] = client.search_runs([client.get_experiment_by_name("masked").experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["error"].startswith("interrupted (exit 144")
+
+
+def test_the_entry_point_returns_the_kept_validation_metric_never_a_test_metric():
+    """What an optimising sweeper (Optuna) maximises: `trainer.monitor` at the kept epoch; NaN when nothing trained."""
+    from ablation.job import objective
+
+    entry = {"status": "FINISHED", "test_auc": 0.99, "kept_val_auc": 0.91}
+    assert objective(entry, compose_config()) == 0.91
+    assert objective({**entry, "kept_val_loss": 0.3}, compose_config("trainer.monitor=val_loss")) == 0.3
+    assert math.isnan(objective({"status": "REFUSED", "test_auc": 0.99}, compose_config()))
 
 
 def test_an_unknown_model_is_refused_with_the_list_of_models():

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_helpers import shared_store
+from analysis_helpers import shared_cli_report, shared_store
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
@@ -109,16 +109,15 @@ def test_seeds_for_halfwidth_is_the_smallest_n_and_the_detectable_difference_has
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    store = shared_store(tmp_path_factory)
-    out = tmp_path_factory.mktemp("verdict") / "report"
-    build_report(load_study(store["uri"], store["experiment"]), out)
-    return store, out
+    """The shared store and the output of `python -m analysis report` on it (the one test_analysis.py reads)."""
+    return shared_store(tmp_path_factory), shared_cli_report(tmp_path_factory)
 
 
 def _csv(out, name):
     return pd.read_csv(out / name, dtype={c: str for c in ("dropout", "level", "level_a", "level_b", "reference")})
 
 
+@pytest.mark.slow  # reads the report `python -m analysis report` wrote
 def test_holm_columns_are_statsmodels_holm_per_metric(report):
     _, out = report
     effects = _csv(out, "effects_table.csv")
@@ -133,6 +132,7 @@ def test_holm_columns_are_statsmodels_holm_per_metric(report):
     assert set(ensemble["test"]) == {"DeLong", "McNemar (exact)"}
 
 
+@pytest.mark.slow  # reads the report `python -m analysis report` wrote
 def test_ensemble_metrics_are_scikit_learns_on_the_averaged_probabilities(report):
     store, out = report
     table = _csv(out, "ensemble_table.csv").set_index(["model", "dropout"])
@@ -146,6 +146,7 @@ def test_ensemble_metrics_are_scikit_learns_on_the_averaged_probabilities(report
         assert row["test_auc_low"] <= row["test_auc"] <= row["test_auc_high"]
 
 
+@pytest.mark.slow  # reads the report `python -m analysis report` wrote
 def test_every_interval_lies_in_the_metrics_range_and_holds_the_mean(report):
     _, out = report
     table = _csv(out, "ablation_table.csv")
@@ -159,6 +160,7 @@ def test_every_interval_lies_in_the_metrics_range_and_holds_the_mean(report):
     assert ((effects["boot_low"] >= -1) & (effects["boot_high"] <= 1) & (effects["boot_low"] <= effects["diff"])).all()
 
 
+@pytest.mark.slow  # reads the report `python -m analysis report` wrote
 def test_the_same_seed_gives_the_same_report(report, tmp_path):
     store, out = report
     again = tmp_path / "again"
@@ -167,6 +169,7 @@ def test_the_same_seed_gives_the_same_report(report, tmp_path):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 
+@pytest.mark.slow  # reads the report `python -m analysis report` wrote
 def test_a_single_run_gets_the_test_image_interval(report, tmp_path):
     store, _ = report
     out = tmp_path / "single"
@@ -176,6 +179,7 @@ def test_a_single_run_gets_the_test_image_interval(report, tmp_path):
     assert 0 < row["test_auc_boot_low"] < row["test_auc_mean"] < row["test_auc_boot_high"] < 1
 
 
+@pytest.mark.slow  # reads the report `python -m analysis report` wrote
 def test_interactions_are_differences_of_differences_over_complete_blocks(report):
     store, out = report
     table = _csv(out, "interactions.csv").set_index("metric")
@@ -195,6 +199,7 @@ def test_interactions_are_differences_of_differences_over_complete_blocks(report
     assert list(anova["source"]) == ["model", "dropout", "seed (block)", "model:dropout", "Residual"]
 
 
+@pytest.mark.slow  # reads the report `python -m analysis report` wrote
 def test_planning_rows_follow_the_paired_spread(report):
     store, out = report
     planning = _csv(out, "planning.csv").set_index(["model", "dropout", "metric"])
