@@ -181,7 +181,7 @@ def choose_baseline(runs: pd.DataFrame, factors: list[str], given: dict[str, str
     return candidates[0]
 
 
-def _keyed(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def keyed_by_seed(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """runs indexed by the pairing key: `columns` plus seed (the run id when there is no seed)."""
     key = [*columns, REPLICATE] if REPLICATE in runs else ["run_id"]
     values = runs[key].fillna(UNSET).astype(str).itertuples(index=False)
@@ -191,12 +191,12 @@ def _keyed(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 def effects(runs: pd.DataFrame, factors: list[str], baseline: tuple, metrics=TEST_METRICS) -> pd.DataFrame:
     """Every other configuration minus the baseline, per metric (long format)."""
     keys = config_keys(runs, factors)
-    base = _keyed(runs[keys.map(baseline.__eq__)], [])
+    base = keyed_by_seed(runs[keys.map(baseline.__eq__)], [])
     rows = []
     for key in ordered_configs(runs, factors):
         if key == baseline:
             continue
-        group = _keyed(runs[keys.map(key.__eq__)], [])
+        group = keyed_by_seed(runs[keys.map(key.__eq__)], [])
         for m in metrics:
             rows.append(
                 {
@@ -217,7 +217,7 @@ def main_effects(runs: pd.DataFrame, factors: list[str], baseline: tuple, metric
     rows = []
     for i, f in enumerate(factors):
         values = runs[f].fillna(UNSET).astype(str)
-        keyed = _keyed(runs, [g for g in factors if g != f])
+        keyed = keyed_by_seed(runs, [g for g in factors if g != f])
         reference = keyed[(values == baseline[i]).to_numpy()]
         for level in sorted(values.unique(), key=level_key):
             at = keyed[(values == level).to_numpy()]
@@ -337,7 +337,7 @@ def interaction_units(
     run id of each cell: (level_a, level_b), (ref_a, level_b), (level_a, ref_b), (ref_a, ref_b)."""
     ia, ib = factors.index(a), factors.index(b)
     cells = [(level_a, level_b), (baseline[ia], level_b), (level_a, baseline[ib]), (baseline[ia], baseline[ib])]
-    keyed = _keyed(runs, [f for f in factors if f not in (a, b)])
+    keyed = keyed_by_seed(runs, [f for f in factors if f not in (a, b)])
     va, vb = (runs[f].fillna(UNSET).astype(str).to_numpy() for f in (a, b))
     units: dict[str, list] = {}
     for j, (x, y) in enumerate(cells):

@@ -22,13 +22,13 @@ from analysis.stats import (
     INTERACTION,
     REPLICATE,
     UNSET,
-    _keyed,
     anova,
     config_keys,
     detectable_difference,
     full_factorial,
     holm_by_metric,
     interactions,
+    keyed_by_seed,
     ordered_configs,
     seeds_for_halfwidth,
 )
@@ -120,7 +120,7 @@ def _main_replicates(study: _Study, factor: str, level: str, reference: str, met
     if study.boot is None:
         return None
     runs = study.scored
-    keyed = _keyed(runs, [f for f in study.factors if f != factor])
+    keyed = keyed_by_seed(runs, [f for f in study.factors if f != factor])
     values = runs[factor].fillna(UNSET).astype(str).to_numpy()
     at, ref = keyed[values == level], keyed[values == reference]
     if at.empty or ref.empty:
