@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 
 from ablation.data import CLASSES, decode_image  # noqa: E402
 from ablation.metrics import sigmoid  # noqa: E402
-from ablation.store import default_tracking_uri, missing_sqlite_store  # noqa: E402
+from ablation.store import default_tracking_uri, missing_sqlite_store, redact  # noqa: E402
 from ablation.tracking import ROLE  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer.writerow(["file", "probability", "label"])
                 failures = predict(loaded, files, writer, args.explain)
     except PredictError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
     done = len(files) - len(failures)
     failures = {**problems, **failures}

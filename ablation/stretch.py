@@ -29,7 +29,7 @@ from PIL import Image
 
 from ablation.metrics import binary_metrics
 from ablation.predict import PredictError, check_store, decode_many, load_run, probabilities, to_model_input
-from ablation.store import default_tracking_uri
+from ablation.store import default_tracking_uri, redact
 
 SPLITS = ("val", "test")
 PROG = "python -m ablation.stretch"
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         check_store(uri)
         table = probe(MlflowClient(uri), args.run_id, factors)
     except PredictError as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {redact(str(error))}", file=sys.stderr)
         return 2
     print(markdown(table.round(3)))
     if args.out:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import socket
 import subprocess
 import time
@@ -22,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from ablation.config import flatten
+from ablation.store import redact
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,6 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
-# `scheme://user:password@`: the password, up to the last @ before the path.
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^/\s]*@")
 
 
 def client(uri: str) -> mlflow.MlflowClient:
@@ -47,11 +45,6 @@ def client(uri: str) -> mlflow.MlflowClient:
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
     return mlflow.MlflowClient(tracking_uri=uri)
-
-
-def redact(value: str) -> str:
-    """Text without the password of any `scheme://user:pass@host` in it: secrets never reach a param or tag."""
-    return _USERINFO.sub(r"\1:***@", value)
 
 
 def run_params(cfg: DictConfig) -> dict[str, str]:

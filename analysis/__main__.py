@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ablation.store import redact
 from analysis.runs import AnalysisError, load_study, tracking_uri
 
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or default_out(study)
         files = build_report(study, out, args.baseline, args.replicates, args.halfwidth)
     except AnalysisError as error:
-        print(f"analysis report: error: {error}", file=sys.stderr)
+        print(f"analysis report: error: {redact(str(error))}", file=sys.stderr)
         return 2
     print(f"{len(files)} files written to {out}")
     if study.parent_id:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ablation.config import NOT_CONFIGURATION
 from ablation.data import CLASSES
+from ablation.store import redact
 from analysis import figures
 from analysis.bootstrap import REPLICATES, align
 from analysis.runs import TEST_METRICS, Study
@@ -564,7 +565,7 @@ def _overview_blocks(study: Study, tables: Tables) -> list:
             "meta",
             f"Experiment `{study.experiment}`, {source}: {len(finished)} finished runs in {len(table)} "
             f"configurations, {len(tables.failed)} failed/killed run(s) excluded. Tracking URI "
-            f"`{study.tracking_uri}`; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+            f"`{redact(study.tracking_uri)}`; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         ),
         ("lead", _summary(factors, table, tables.main, tables.baseline)),
         ("h2", "Ablation table"),
@@ -724,9 +725,14 @@ def _markdown(blocks) -> str:
 
 
 def _inline(text: str) -> str:
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    """`code` spans verbatim (a masked password's *** is no emphasis), **bold** outside them."""
+    parts = re.split(r"(`[^`]+`)", text)
+    return "".join(
+        f"<code>{html.escape(part[1:-1])}</code>"
+        if part.startswith("`")
+        else re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part))
+        for part in parts
+    )
 
 
 CSS = """

@@ -285,3 +285,17 @@ def test_all_runs_pools_both_sweeps(store):
     study = load_study(store["uri"], experiment=store["experiment"], all_runs=True)
     assert study.parent_id is None
     assert len(study.finished) == 12 and len(study.failed) == 1
+
+
+def test_the_report_never_shows_the_tracking_uris_password(study, tmp_path):
+    """The report is uploaded to the shared server: the URI it names must not carry the credentials."""
+    import dataclasses
+
+    # Secrets with - and !, which no base64 image data in the HTML can contain by chance.
+    secret = dataclasses.replace(study, tracking_uri="http://alice:s3-cr/et!@mlflow.example:5000?token=t0-k!")
+    out = tmp_path / "report"
+    build_report(secret, out, replicates=200)
+    for name in ("report.md", "report.html"):
+        text = (out / name).read_text()
+        assert "http://alice:***@mlflow.example:5000?token=***" in text
+        assert "s3-cr" not in text and "et!" not in text and "t0-k!" not in text

@@ -410,6 +410,14 @@ def test_redact_strips_passwords_from_uris_overrides_and_messages():
     )
     for plain in ("http://h:5000", "sqlite:////tmp/mlflow.db", "file:///a/b", "user@host", "a:b@c", "0.5"):
         assert tracking.redact(plain) == plain
+    # What the first redaction missed: a password holding /, a bare token, a password as a query parameter.
+    assert tracking.redact("postgresql://u:pa/ss@db/mlflow") == "postgresql://u:***@db/mlflow"
+    assert tracking.redact("https://ghp_T0KEN@host:5000/x") == "https://***@host:5000/x"
+    assert tracking.redact("postgresql://db/m?user=u&password=p/w&sslmode=x") == (
+        "postgresql://db/m?user=u&password=***&sslmode=x"
+    )
+    assert tracking.redact("http://h/api?PWD=x y") == "http://h/api?PWD=*** y"
+    assert tracking.redact("http://h/users/a@b") == "http://h/users/a@b"  # an @ in the path is no userinfo
 
 
 def test_http_tracking_uris_get_bounded_retries_that_the_environment_can_override(monkeypatch):
