@@ -1,0 +1,493 @@
+"""What the report says, section by section: the answer first, the tables as a person reads them, the verdict
+(ensembles, how sure, interactions), the best runs, validation to test, training, the data record, the method.
+Each section is a list of (kind, *args) blocks that `analysis.render` writes as Markdown and HTML."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ablation.config import NOT_CONFIGURATION
+from ablation.data import CLASSES
+from ablation.store import redact
+from analysis.runs import TEST_METRICS, Study
+from analysis.stats import (
+    config_keys,
+    label,
+    matters,
+)
+from analysis.transfer import transfer_summary
+
+if TYPE_CHECKING:
+    from analysis.report import Fetched, Tables
+
+KEY_METRICS = ("test_auc", "test_accuracy", "test_f1")  # the ones the summary and the report tables show
+NAMES = {
+    "test_accuracy": "accuracy",
+    "test_precision": "precision",
+    "test_recall": "recall (sensitivity)",
+    "test_specificity": "specificity",
+    "test_f1": "F1",
+    "test_auc": "ROC AUC",
+    "test_pr_auc": "PR AUC",
+}
+BASELINE_RULE = (
+    "each factor not given with `--baseline` takes its first level, levels sorted with "
+    "none/False/off/0 first, then numbers in numeric order, then text alphabetically "
+    "(factor by factor, among the configurations that exist)"
+)
+STABILITY_RULE = (
+    "jitter = mean absolute change from epoch e−1 to epoch e over the epochs e > E/2 (E = the run's "
+    "last logged epoch), averaged over seeds; best val AUC epoch = epoch of the highest val_auc "
+    "(first one on ties), averaged over seeds"
+)
+
+
+def _num(x, digits=3, sign=False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _ci(mean, low, high, sign=False) -> str:
+    if math.isnan(low):
+        return _num(mean, sign=sign)
+    # No-break space inside the brackets: a narrow table cell wraps before the interval, not inside it.
+    return f"{_num(mean, sign=sign)} [{_num(low, sign=sign)},\u00a0{_num(high, sign=sign)}]"
+
+
+def _p(p: float, prefix: str = "") -> str:
+    """'0.006' or '< 0.001'; with prefix 'p ' it reads 'p = 0.006' or 'p < 0.001'."""
+    if math.isnan(p):
+        return prefix + "—"
+    return prefix + ("< 0.001" if p < 0.001 else ("= " if prefix else "") + f"{p:.3f}")
+
+
+def top_index(values: pd.Series):
+    """Index of the highest value; a metric missing everywhere must not stop the report."""
+    return values.fillna(-math.inf).idxmax()
+
+
+def _data_record_blocks(record: dict | None, run_id: str) -> list:
+    if record is None:
+        return [("p", f"Run `{run_id}` logged no `data_record.json`.")]
+    rows = [
+        {"split": split, "class": cls, "images": v.get("images"), "patients": v.get("patients")}
+        for split, classes in record.get("splits", {}).items()
+        for cls, v in classes.items()
+    ]
+    weights = record.get("class_weights")
+    names = dict(enumerate(CLASSES))
+    weight_text = (
+        ", ".join(f"{names.get(int(k), k)} ({k}): {float(w):.3f}" for k, w in weights.items())
+        if weights
+        else "none (unweighted loss)"
+    )
+    skipped = record.get("skipped_files") or {}
+    blocks = [
+        ("p", f"From the best run `{run_id}`; image size {record.get('image_size', '?')} px."),
+        ("table", pd.DataFrame(rows)),
+        ("p", f"**Class weights:** {weight_text}."),
+        ("p", f"**Skipped files:** {len(skipped)}."),
+    ]
+    if skipped:
+        shown = pd.DataFrame(list(skipped.items())[:20], columns=["file", "reason"])
+        blocks.append(("table", shown))
+        if len(skipped) > 20:
+            blocks.append(("p", f"… and {len(skipped) - 20} more (see `data_record.json`)."))
+    return blocks
+
+
+def _decided(main: pd.DataFrame) -> pd.Series:
+    """Which rows the headline calls real: Holm-adjusted bootstrap p < 0.05 (per metric, over all main effects);
+    where no run logged its test predictions, the t-interval excluding 0 or raw p < 0.05."""
+    if main["p_holm"].notna().any():
+        return main["p_holm"] < 0.05
+    return matters(main["diff_ci_low"], main["diff_ci_high"], main["p_value"])
+
+
+def _summary(factors, table, main, baseline) -> list[str]:
+    """The answer first: best configuration, then which factors matter, by Holm-adjusted p-values."""
+    best = table.loc[top_index(table["test_auc_mean"])]
+    key = tuple(best[factors].astype(str))
+    ci = {m: _ci(best[f"{m}_mean"], best[f"{m}_boot_low"], best[f"{m}_boot_high"]) for m in KEY_METRICS}
+    seeds = "1 seed" if best["n"] == 1 else f"{int(best['n'])} seeds"
+    lines = [
+        f"**Best configuration:** {label(key, factors)}: test ROC AUC {ci['test_auc']}, "
+        f"accuracy {ci['test_accuracy']} ({seeds}; 95% interval over seeds and test images in brackets)."
+    ]
+    if not factors:
+        lines.append("No param varies across the finished runs: one configuration, nothing to compare.")
+        return lines
+    shown = main[main["metric"].isin(KEY_METRICS) & (main["test"] != "reference")]
+    decided = _decided(shown)
+    real = shown[decided]
+    parts = [
+        f"{f} ({', '.join(NAMES[m] for m in KEY_METRICS if m in set(g['metric']))})"
+        for f, g in real.groupby("factor", sort=False)
+    ]
+    rule = "Holm-adjusted p < 0.05 per metric, from the bootstrap over seeds and test images"
+    lines.append(
+        f"**Factors that matter** ({rule}): {'; '.join(parts)}."
+        if parts
+        else f"**No factor** has a main effect on ROC AUC, accuracy or F1 with {rule}."
+    )
+    for (f, level), g in shown.groupby(["factor", "level"], sort=False):
+        bits, by_metric = [], {r["metric"]: (i, r) for i, r in g.iterrows()}
+        for i, r in (by_metric[m] for m in KEY_METRICS):
+            booted = not math.isnan(r["p_holm"])
+            low, high = (r["boot_low"], r["boot_high"]) if booted else (r["diff_ci_low"], r["diff_ci_high"])
+            p = _p(r["p_holm"], "p_holm ") if booted else _p(r["p_value"], "p ")
+            bits.append(f"{NAMES[r['metric']]} {_ci(r['diff'], low, high, sign=True)}, {p}{' ✔' if decided[i] else ''}")
+        lines.append(f"{f} = {level} vs {g['reference'].iloc[0]} ({int(g['pairs'].iloc[0])} pairs): " + "; ".join(bits))
+    lines.append(f"Baseline for the effects table: **{label(baseline, factors)}** ({BASELINE_RULE}).")
+    return lines
+
+
+def _both(mean, boot_low, boot_high, t_low, t_high, sign=False) -> str:
+    """The bootstrap interval (seeds and test images) where there is one, else the seed-only t-interval."""
+    if math.isnan(boot_low):
+        return _ci(mean, t_low, t_high, sign=sign)
+    return _ci(mean, boot_low, boot_high, sign=sign)
+
+
+def _shown_ablation(table: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
+    shown = table[factors + ["n"]].copy()
+    for m in TEST_METRICS:
+        columns = [f"{m}_{c}" for c in ("mean", "boot_low", "boot_high", "ci_low", "ci_high")]
+        shown[NAMES[m]] = [_both(*v) for v in table[columns].to_numpy()]
+    best = top_index(table["test_auc_mean"])
+    shown.loc[best, NAMES["test_auc"]] = "★ " + shown.loc[best, NAMES["test_auc"]]
+    return shown
+
+
+def _shown_main(main: pd.DataFrame) -> pd.DataFrame:
+    main = main[main["metric"].isin(KEY_METRICS)]
+    return pd.DataFrame(
+        {
+            "factor": main["factor"],
+            "level": main["level"],
+            "n": main["n"],
+            "metric": main["metric"].map(NAMES),
+            "mean [95% CI]": [_ci(*v) for v in main[["mean", "ci_low", "ci_high"]].to_numpy()],
+            "Δ vs reference [95% t-CI]": [
+                _ci(*v, sign=True) for v in main[["diff", "diff_ci_low", "diff_ci_high"]].to_numpy()
+            ],
+            "p (t)": main["p_value"].map(_p),
+            "Δ [95% bootstrap]": [_ci(*v, sign=True) for v in main[["diff", "boot_low", "boot_high"]].to_numpy()],
+            "p (bootstrap)": main["p_boot"].map(_p),
+            "p (Holm)": main["p_holm"].map(_p),
+            "test": main["test"],
+            "pairs": [str(n) if n else "—" for n in main["pairs"]],
+        }
+    )
+
+
+def _shown_effects(eff: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
+    first = eff[eff["metric"] == KEY_METRICS[0]]
+    shown = first[factors + ["n"]].reset_index(drop=True)
+    for m in KEY_METRICS:
+        shown[f"Δ {NAMES[m]} [95%] (p_holm)"] = [
+            f"{_both(r.diff, r.boot_low, r.boot_high, r.ci_low, r.ci_high, sign=True)} ({_p(r.p_holm, 'p ')})"
+            for r in eff[eff["metric"] == m].itertuples()
+        ]
+    shown["t-test"] = first["test"].to_numpy()
+    return shown
+
+
+def _verdict_blocks(tables: Tables) -> list:
+    """Seed ensembles; how sure, and what more seeds would buy; interactions and the ANOVA."""
+    v, factors = tables.verdict, tables.factors
+    blocks = [("h2", "Seed ensembles")]
+    if v.ensembles.empty:
+        blocks.append(("p", "No run logged `test_predictions.csv`: no ensembles, no bootstrap."))
+    else:
+        shown = v.ensembles[[*factors, "n"]].copy()
+        shown["ROC AUC [DeLong 95%]"] = [
+            _ci(*r) for r in v.ensembles[["test_auc", "test_auc_low", "test_auc_high"]].to_numpy()
+        ]
+        for m in ("test_auc", "test_accuracy"):
+            shown[f"{NAMES[m]}: ensemble − mean run"] = (v.ensembles[m] - v.ensembles[f"{m}_runs_mean"]).map(
+                lambda x: _num(x, sign=True)
+            )
+        shown["accuracy"] = v.ensembles["test_accuracy"].map(_num)
+        blocks += [
+            (
+                "p",
+                "Per configuration, the mean of its seeds' test probabilities per image, at the runs' threshold; "
+                "what it adds over the mean of its single runs on the same images. Against the baseline's "
+                "ensemble: DeLong's paired test of ROC AUC and McNemar's exact test of accuracy, Holm-adjusted per "
+                "metric (`ensemble_effects.csv`).",
+            ),
+            ("table", shown),
+        ]
+        if len(v.ensemble_effects):
+            e = v.ensemble_effects
+            ee = e[factors].copy()
+            ee["metric"] = e["metric"].map(NAMES)
+            ee["Δ"] = e["diff"].map(lambda x: _num(x, sign=True))
+            ee["p"] = e["p_value"].map(_p)
+            ee["p (Holm)"] = e["p_holm"].map(_p)
+            ee["test"] = e["test"]
+            blocks.append(("table", ee))
+    blocks += _planning_blocks(v.planning, factors, v.halfwidth)
+    if v.interactions is not None:
+        blocks += _interaction_blocks(v.interactions, v.anova)
+    return blocks
+
+
+def _planning_blocks(planning: pd.DataFrame, factors: list[str], halfwidth: float) -> list:
+    heading = ("h2", "How sure, and what more seeds would buy")
+    if planning.empty:
+        return [heading, ("p", "One configuration: no effect to plan for.")]
+    shown = planning[planning["metric"].isin(KEY_METRICS)]
+    table = shown[factors].copy()
+    table["metric"] = shown["metric"].map(NAMES)
+    table["seeds (pairs)"] = shown["n"]
+    table["sd of a difference"] = shown["sd_diff"].map(lambda x: _num(x, 4))
+    table["± now (seeds)"] = shown["halfwidth_now"].map(_num)
+    table["± from the test images alone"] = shown["test_set_halfwidth"].map(_num)
+    table["smallest effect found 4 times in 5"] = shown["mde_80"].map(_num)
+    table[f"seeds for ±{halfwidth:g}"] = shown["seeds_for_halfwidth"].map(
+        lambda x: "—" if math.isnan(x) else f"{x:.0f}"
+    )
+    return [
+        heading,
+        (
+            "p",
+            "Per configuration versus the baseline: the spread of a per-seed difference, the half-width of its "
+            "95% t-interval now, the half-width the 624 test images alone impose (more seeds do not shrink it), "
+            "the smallest true difference a paired t-test at 5% detects with 80% power at this many seeds, and "
+            f"the seeds an interval of ±{halfwidth:g} needs (`--halfwidth`). A difference smaller than the "
+            "test-image half-width cannot be settled on this test set, however many seeds.",
+        ),
+        ("table", table),
+    ]
+
+
+def _interaction_blocks(interactions: pd.DataFrame, anova_table: pd.DataFrame | None) -> list:
+    shown = interactions[interactions["metric"].isin(KEY_METRICS)]
+    table = pd.DataFrame(
+        {
+            "contrast": [
+                f"{r.factor_a}={r.level_a} (vs {r.reference_a}) × {r.factor_b}={r.level_b} (vs {r.reference_b})"
+                for r in shown.itertuples()
+            ],
+            "metric": shown["metric"].map(NAMES),
+            "blocks": shown["n"],
+            "difference of differences [95% bootstrap]": [
+                _both(*v, sign=True) for v in shown[["diff", "boot_low", "boot_high", "ci_low", "ci_high"]].to_numpy()
+            ],
+            "p (Holm)": shown["p_holm"].map(_p),
+        }
+    )
+    blocks = [
+        ("h2", "Interactions"),
+        (
+            "p",
+            "In a full factorial: how much one factor's effect changes with another's level, (a, b) − (a₀, b) − "
+            "(a, b₀) + (a₀, b₀), over the blocks (other factors' levels and seed) that hold all four cells.",
+        ),
+        ("table", table),
+    ]
+    if anova_table is not None:
+        a = anova_table.copy()
+        a["sum_sq"] = a["sum_sq"].map(lambda x: _num(x, 5))
+        a["F"] = a["F"].map(lambda x: _num(x, 2))
+        a["p_value"] = a["p_value"].map(_p)
+        blocks += [("p", "ANOVA of test ROC AUC, seed as a block (type II sums of squares):"), ("table", a)]
+    return blocks
+
+
+def _shown_stability(stab: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
+    shown = stab[factors + ["n"]].copy()
+    shown["epochs logged (mean)"] = stab["epochs_logged"].map(lambda x: _num(x, 1))
+    shown["val accuracy jitter"] = stab["val_accuracy_jitter"].map(lambda x: _num(x, 4))
+    shown["val loss jitter"] = stab["val_loss_jitter"].map(lambda x: _num(x, 4))
+    shown["best val AUC epoch (mean)"] = stab["best_val_auc_epoch"].map(lambda x: _num(x, 1))
+    return shown
+
+
+TRANSFER_COLUMNS = {
+    "n": "n",
+    "threshold": "threshold used",
+    "val_accuracy": "val accuracy",
+    "test_accuracy": "test accuracy",
+    "test_sensitivity": "test sensitivity",
+    "test_specificity": "test specificity",
+    "val_auc": "val ROC AUC",
+    "test_auc": "test ROC AUC",
+    "test_accuracy_at_0.5": "test accuracy at 0.5",
+    "val_youden_threshold": "Youden threshold on val",
+    "test_accuracy_at_val_youden": "test accuracy at it",
+    "test_youden_threshold": "Youden threshold on test (reference)",
+    "val_normal_median_p": "NORMAL median p, val",
+    "test_normal_median_p": "NORMAL median p, test",
+    "val_pneumonia_median_p": "PNEUMONIA median p, val",
+    "test_pneumonia_median_p": "PNEUMONIA median p, test",
+}
+
+
+def _transfer_blocks(per_run: pd.DataFrame, finished: pd.DataFrame, factors: list[str]) -> list:
+    heading = ("h2", "Validation to test")
+    if per_run.empty:
+        return [heading, ("p", "No run logged both `val_predictions.csv` and `test_predictions.csv`.")]
+    summary = transfer_summary(per_run, finished, factors)
+    shown = summary[["configuration"]].copy()
+    for column, name in TRANSFER_COLUMNS.items():
+        shown[name] = summary[column] if column == "n" else summary[column].map(_num)
+    return [
+        heading,
+        (
+            "p",
+            "The checkpoint and the threshold are chosen on the validation split, carved out of train/ by "
+            "patient; the test split comes from another distribution. Per configuration, mean over seeds: "
+            "the metrics at the threshold each run used, on both splits; test accuracy at 0.5 and at Youden's "
+            "J on validation; the median predicted pneumonia probability per class on both splits (a class "
+            "whose median moves is a calibration shift). The test-optimal threshold is a reference, never "
+            "used. Per run: `threshold_transfer.csv`.",
+        ),
+        ("table", shown),
+    ]
+
+
+def _method(aliases: dict[str, list[str]], replicates: int) -> list[str]:
+    found = "; ".join(f"{f} (same split as {', '.join(a)})" if a else f for f, a in aliases.items())
+    return [
+        f"Factors: the params that vary across the finished runs, one per distinct split: {found or 'none'}. "
+        "Never factors: `seed` (the replicate) and params splitting the runs like it, and what is not part of "
+        f"a configuration: {', '.join(f'`{key}`' for key in NOT_CONFIGURATION)}.",
+        f"Intervals shown: 95% percentile intervals of a hierarchical bootstrap ({replicates} replicates, seed 0): "
+        "in each replicate the test images are drawn with replacement once, shared by every run, then each "
+        "configuration's seeds are drawn with replacement; at n = 1 it is the test-image bootstrap alone. The "
+        "seed-only Student-t intervals (df = n − 1; none at n = 1) are the `_ci_` columns of the CSV files.",
+        "Effects: configuration − baseline with both sides resampled together (the same seeds where they match, "
+        "the same images); p_boot = twice the smaller share of replicates on either side of 0. The t-based "
+        "columns keep the paired t-test (same seeds) or Welch's t-test.",
+        f"Default baseline: {BASELINE_RULE}.",
+        "Main effects: each level against the reference level of its factor, paired on the other factors' "
+        "levels and seed (independent resampling when fewer than two runs match). Multiple comparisons: Holm "
+        "over all rows of a table, per metric (statsmodels' multipletests), in `p_holm`; a factor matters when "
+        "its Holm-adjusted p < 0.05.",
+        "Seed ensembles: the mean test probability over a configuration's seeds; ROC AUC interval and paired "
+        "test by DeLong's method (fast midrank form), accuracy by McNemar's exact test.",
+        "How many seeds: from the spread of the per-seed paired differences, the smallest difference a "
+        "two-sided paired t-test at 5% detects with 80% power (statsmodels' TTestPower) and the seeds a "
+        "t-interval of the chosen half-width needs.",
+        f"Stability: {STABILITY_RULE}.",
+        "Failed and killed runs are listed and never averaged in.",
+    ]
+
+
+def _overview_blocks(study: Study, tables: Tables) -> list:
+    """Title, provenance, the answer first, and the ablation table."""
+    finished, factors, table = tables.finished, tables.factors, tables.ablation
+    source = f"sweep `{study.parent_id}`" if study.parent_id else "all job runs"
+    blocks = [
+        ("h1", f"Ablation report: {study.experiment}"),
+        (
+            "meta",
+            f"Experiment `{study.experiment}`, {source}: {len(finished)} finished runs in {len(table)} "
+            f"configurations, {len(tables.failed)} failed/killed run(s) excluded. Tracking URI "
+            f"`{redact(study.tracking_uri)}`; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        ),
+        ("lead", _summary(factors, table, tables.main, tables.baseline)),
+        ("h2", "Ablation table"),
+        ("p", "Test-set metrics per configuration: mean over seeds [95% t-interval]; ★ = best ROC AUC."),
+        ("table", _shown_ablation(table, factors)),
+    ]
+    single = [label(tuple(r), factors) for r in table.loc[table["n"] == 1, factors].itertuples(index=False)]
+    if single:
+        blocks.append(("p", f"n = 1: no interval for {'; '.join(single)} (a single finished seed)."))
+    return blocks
+
+
+def _effect_blocks(tables: Tables) -> list:
+    """Main effects (when anything varies) and effects versus the baseline (when there is a second config)."""
+    factors, blocks = tables.factors, []
+    if factors:
+        blocks += [
+            ("h2", "Main effects"),
+            (
+                "p",
+                "Each level of a factor pooled over the other factors and seeds, and its difference to the "
+                "reference level (the baseline's), paired on (other factors, seed) over the runs that "
+                "have a partner; pairs = number of such pairs.",
+            ),
+            ("table", _shown_main(tables.main)),
+        ]
+    if len(tables.effects):
+        blocks += [
+            ("h2", "Effects versus the baseline"),
+            (
+                "p",
+                f"Configuration − baseline ({label(tables.baseline, factors)}), paired by seed where the seeds "
+                "match, otherwise Welch's t-test (unequal variances).",
+            ),
+            ("img", "effects.png", "Forest plot of the effects versus the baseline"),
+            ("table", _shown_effects(tables.effects, factors)),
+        ]
+    return blocks
+
+
+def _best_run_blocks(fetched: Fetched) -> list:
+    best = fetched.best
+    best_table = pd.DataFrame(
+        {
+            "network": [b["title"] for b in best],
+            "run": [b["run_id"] for b in best],
+            "test ROC AUC": [_num(b["test_auc"]) for b in best],
+            "threshold": [_num(b["threshold"], 2) for b in best],
+            "predictions": ["logged" if b["predictions"] is not None else "missing" for b in best],
+        }
+    )
+    blocks = [("h2", "Best run per network"), ("table", best_table)]
+    if fetched.predicted:
+        blocks += [
+            ("img", "roc_curves.png", "ROC curves of the best run per network"),
+            ("img", "confusion_matrices.png", "Confusion matrices of the best run per network"),
+        ]
+    blocks += [("img", b["gradcam"].name, f"Grad-CAM on test images, {b['title']}") for b in best if b["gradcam"]]
+    return blocks
+
+
+def _training_blocks(tables: Tables) -> list:
+    """Learning curves and stability, then the failed runs."""
+    failed, factors = tables.failed, tables.factors
+    blocks = [
+        ("h2", "Training"),
+        ("img", "learning_curves.png", "Learning curves"),
+        ("p", f"Stability: {STABILITY_RULE}."),
+        ("table", _shown_stability(tables.stability, factors)),
+        ("h2", f"Failed runs ({len(failed)})"),
+    ]
+    if not len(failed):
+        return [*blocks, ("p", "None.")]
+    failures = pd.DataFrame(
+        {
+            "run": failed["run_id"],
+            "status": failed["status"],
+            "configuration": [label(k, factors) for k in config_keys(failed, factors)],
+            "error": failed["error"].fillna("").str.replace(r"\s+", " ", regex=True).str.slice(0, 300),
+        }
+    )
+    return [*blocks, ("table", failures)]
+
+
+def report_blocks(study: Study, tables: Tables, fetched: Fetched) -> list:
+    """The report's content, section by section, as (kind, *args) blocks for `_markdown` and `_html`."""
+    return [
+        *_overview_blocks(study, tables),
+        *_effect_blocks(tables),
+        *_verdict_blocks(tables),
+        *_best_run_blocks(fetched),
+        *_transfer_blocks(fetched.transfer, tables.finished, tables.factors),
+        *_training_blocks(tables),
+        ("h2", "Data record"),
+        *_data_record_blocks(fetched.record, fetched.top),
+        ("h2", "Method"),
+        ("ul", _method(tables.aliases, tables.verdict.replicates)),
+    ]
