@@ -335,7 +335,9 @@ def test_tracking_server_going_away_fails_the_run_loudly_within_a_bound(request,
     elapsed = time.monotonic() - start
     # A few seconds of retries for the failed write, as many to try to mark the run FAILED, then exit 1.
     assert proc.returncode == 1 and elapsed < 45, (elapsed, output[-3000:])
-    assert "job failed" in output and "Max retries exceeded" in output and "Connection refused" in output
+    # Killed between requests, the server refuses the next connection; killed during one, that request breaks.
+    gone = ("Max retries exceeded" in output and "Connection refused" in output) or "Connection broken" in output
+    assert "job failed" in output and gone, output[-3000:]
     assert "/api/2.0/mlflow/runs/log-batch" in output  # which call failed
 
     # The server's own store: the run stays RUNNING (nobody could tell the server), its epochs are kept,
