@@ -1,13 +1,15 @@
-"""A sweep with the joblib launcher: four jobs in four worker processes, one MLflow store, one parent run, and
-each job pinned to its own GPU of a (fake) four-GPU machine before its framework started."""
+"""A sweep with the joblib launcher: four jobs (dropout x two seeds) in four worker processes, one MLflow store,
+one parent run, each job pinned to its own GPU of a (fake) four-GPU machine before its framework started; then
+`python -m analysis report` on it, with intervals over the two seeds and the test images."""
 
 from __future__ import annotations
 
 import os
 
 import mlflow
+import pandas as pd
 import pytest
-from processes import TINY, run_ablation
+from processes import TINY, run_ablation, run_module
 
 from ablation.job import DEVICES_TAG
 
@@ -28,7 +30,7 @@ for i in 0 1 2 3; do echo "GPU $i: NVIDIA H200 (UUID: GPU-00000000-0000-0000-000
 
 
 @pytest.mark.slow
-def test_joblib_sweep_four_parallel_jobs_share_one_parent_each_pinned_to_a_gpu(tmp_path, cache_dir, monkeypatch):
+def test_joblib_sweep_four_parallel_jobs_pinned_round_robin_then_the_report(tmp_path, cache_dir, monkeypatch):
     fake = tmp_path / "bin" / "nvidia-smi"
     fake.parent.mkdir()
     fake.write_text(FAKE_NVIDIA_SMI)
@@ -41,7 +43,8 @@ def test_joblib_sweep_four_parallel_jobs_share_one_parent_each_pinned_to_a_gpu(t
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=4",
         *TINY,
-        "seed=0,1,2,3",
+        "dropout=0,0.5",
+        "seed=0,1",
         "tracking.experiment=parallel",
         runs=runs,
         cache=cache_dir,
@@ -59,8 +62,9 @@ def test_joblib_sweep_four_parallel_jobs_share_one_parent_each_pinned_to_a_gpu(t
     assert len(all_runs) == 5 and len(children) == 4
     # Four different processes ran them: the launcher really ran the jobs in parallel workers.
     assert len({r.data.tags["ablation.pid"] for r in children}) == 4
-    # Job k (seed k here) saw GPU k of 4: pinned round-robin before TensorFlow started in its worker.
-    assert {r.data.params["seed"]: r.data.tags.get(DEVICES_TAG) for r in children} == {str(k): str(k) for k in range(4)}
+    # Job k saw GPU k of 4 (jobs in sweep order: dropout, then seed): pinned before TensorFlow started in its worker.
+    cards = {(r.data.params["dropout"], r.data.params["seed"]): r.data.tags.get(DEVICES_TAG) for r in children}
+    assert cards == {("0.0", "0"): "0", ("0.0", "1"): "1", ("0.5", "0"): "2", ("0.5", "1"): "3"}
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -72,3 +76,18 @@ def test_joblib_sweep_four_parallel_jobs_share_one_parent_each_pinned_to_a_gpu(t
         kept = int(run.data.metrics["best_epoch"])
         val_auc = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_auc"), key=lambda m: m.step)]
         assert run.data.metrics["kept_val_auc"] == pytest.approx(val_auc[kept - 1])
+
+    out = tmp_path / "report"
+    report = run_module("analysis", "report", "--tracking-uri", f"sqlite:///{runs}/mlflow.db", "--out", out)
+    assert report.returncode == 0, report.stderr[-3000:]
+    table = pd.read_csv(out / "ablation_table.csv")
+    assert sorted(table.dropout) == [0.0, 0.5] and table.n.tolist() == [2, 2]
+    assert {"test_auc_mean", "test_auc_ci_low", "test_auc_ci_high", "test_auc_boot_low"} <= set(table.columns)
+    assert table.test_auc_ci_low.notna().all() and table.test_auc_boot_low.notna().all()
+    for name in ("effects_table.csv", "ensemble_table.csv", "ensemble_effects.csv", "planning.csv"):
+        assert len(pd.read_csv(out / name)) > 0, name
+    # The best run's Grad-CAM panel (one network here, so no per-network panels) is shown in the report.
+    panels = [p.name for p in out.glob("gradcam_*.png")]
+    assert len(panels) == 1 and panels[0] in (out / "report.md").read_text()
+    for name in ("report.md", "report.html", "learning_curves.png", "roc_curves.png", panels[0]):
+        assert (out / name).stat().st_size > 0
