@@ -143,6 +143,12 @@ def _summary(factors, table, main, baseline) -> list[str]:
             p = _p(r["p_holm"], "p_holm ") if booted else _p(r["p_value"], "p ")
             bits.append(f"{NAMES[r['metric']]} {_ci(r['diff'], low, high, sign=True)}, {p}{' ✔' if decided[i] else ''}")
         lines.append(f"{f} = {level} vs {g['reference'].iloc[0]} ({int(g['pairs'].iloc[0])} pairs): " + "; ".join(bits))
+    if table["n"].min() < 3:
+        lines.append(
+            f"Few seeds (n = {int(table['n'].min())} in some configuration): the bootstrap's seed level can only "
+            "redraw those seeds and understates seed-to-seed noise; the seed-only t-tests in the tables are the "
+            "conservative reading, and 'How sure' says how many seeds a claim needs."
+        )
     lines.append(f"Baseline for the effects table: **{label(baseline, factors)}** ({BASELINE_RULE}).")
     return lines
 
@@ -172,7 +178,7 @@ def _shown_main(main: pd.DataFrame) -> pd.DataFrame:
             "level": main["level"],
             "n": main["n"],
             "metric": main["metric"].map(NAMES),
-            "mean [95% CI]": [_ci(*v) for v in main[["mean", "ci_low", "ci_high"]].to_numpy()],
+            "mean [95% t-CI]": [_ci(*v) for v in main[["mean", "ci_low", "ci_high"]].to_numpy()],
             "Δ vs reference [95% t-CI]": [
                 _ci(*v, sign=True) for v in main[["diff", "diff_ci_low", "diff_ci_high"]].to_numpy()
             ],
@@ -191,7 +197,7 @@ def _shown_effects(eff: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
     shown = first[factors + ["n"]].reset_index(drop=True)
     for m in KEY_METRICS:
         shown[f"Δ {NAMES[m]} [95%] (p_holm)"] = [
-            f"{_both(r.diff, r.boot_low, r.boot_high, r.ci_low, r.ci_high, sign=True)} ({_p(r.p_holm, 'p ')})"
+            f"{_both(r.diff, r.boot_low, r.boot_high, r.ci_low, r.ci_high, sign=True)} ({_p(r.p_holm, 'p_holm ')})"
             for r in eff[eff["metric"] == m].itertuples()
         ]
     shown["t-test"] = first["test"].to_numpy()
@@ -396,7 +402,12 @@ def _overview_blocks(study: Study, tables: Tables) -> list:
         ),
         ("lead", _summary(factors, table, tables.main, tables.baseline)),
         ("h2", "Ablation table"),
-        ("p", "Test-set metrics per configuration: mean over seeds [95% t-interval]; ★ = best ROC AUC."),
+        (
+            "p",
+            "Test-set metrics per configuration: mean over seeds [95% interval over seeds and test images, a "
+            "hierarchical bootstrap]; ★ = best ROC AUC. The seed-only t-intervals are the `_ci_` columns of "
+            "`ablation_table.csv`.",
+        ),
         ("table", _shown_ablation(table, factors)),
     ]
     single = [label(tuple(r), factors) for r in table.loc[table["n"] == 1, factors].itertuples(index=False)]
@@ -424,8 +435,10 @@ def _effect_blocks(tables: Tables) -> list:
             ("h2", "Effects versus the baseline"),
             (
                 "p",
-                f"Configuration − baseline ({label(tables.baseline, factors)}), paired by seed where the seeds "
-                "match, otherwise Welch's t-test (unequal variances).",
+                f"Configuration − baseline ({label(tables.baseline, factors)}): mean difference [95% bootstrap "
+                "interval, both sides resampled together: the same seeds where they match, the same test images] "
+                "and its Holm-adjusted p. The t-test column names the seed-only test of `effects_table.csv` "
+                "(paired where the seeds match, else Welch's).",
             ),
             ("img", "effects.png", "Forest plot of the effects versus the baseline"),
             ("table", _shown_effects(tables.effects, factors)),
