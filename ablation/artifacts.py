@@ -15,7 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ablation import explain, figures
-from ablation.tracking import redact
+from ablation.store import redact
 from ablation.train import TrainResult
 
 

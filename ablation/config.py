@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -162,13 +161,10 @@ def is_configuration_key(key: str) -> bool:
     return not any(key == part or key.startswith(f"{part}.") for part in NOT_CONFIGURATION)
 
 
-def configuration(params: Mapping[str, str]) -> dict[str, str]:
-    return {key: value for key, value in params.items() if is_configuration_key(key)}
-
-
 def config_hash(cfg: DictConfig) -> str:
     """Identity of a training configuration: what resume matches a FINISHED run on."""
-    return hashlib.sha256(json.dumps(configuration(flatten(cfg)), sort_keys=True).encode()).hexdigest()[:16]
+    identity = {key: value for key, value in flatten(cfg).items() if is_configuration_key(key)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ConfigError(ValueError):

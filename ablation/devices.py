@@ -48,11 +48,9 @@ def pin_gpu(job_num: int) -> str | None:
     ours = os.environ.get(PINNED_BY_US)
     if VISIBLE in os.environ and os.environ[VISIBLE] != ours:  # a scheduler's choice
         return os.environ[VISIBLE]
-    if framework_started():
-        if ours is not None and ours != str(job_num % max(len(nvidia_gpus()), 1)):
-            log.info(
-                "job %d stays on GPU %s: this process's framework started there with an earlier job", job_num, ours
-            )
+    if framework_started():  # a reused worker: its framework already runs on the card its first job got
+        if ours is not None:
+            log.info("job %d stays on GPU %s, where this process's framework started", job_num, ours)
         return os.environ.get(VISIBLE)
     gpus = nvidia_gpus()
     if len(gpus) > 1:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from ablation import devices, sweep, tracking
 from ablation.config import ConfigError, config_hash, validate
+from ablation.store import redact
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def run_lifecycle(
         if interrupt is not None:
             killed(interrupt)
             raise interrupt from error
-        outcome.status, outcome.error = "FAILED", tracking.redact(f"{type(error).__name__}: {error}")
+        outcome.status, outcome.error = "FAILED", redact(f"{type(error).__name__}: {error}")
         log.exception("job failed: %s", name or run_id)
         tracking.end_run(client, run_id, "FAILED", outcome.error)
         on_end(outcome)
@@ -132,7 +133,7 @@ class Job:
             in_sweep=in_sweep,
             sweep_dir=Path(hydra.sweep.dir),
             out_dir=Path(hydra.runtime.output_dir),
-            task=[tracking.redact(override) for override in hydra.overrides.task],
+            task=[redact(override) for override in hydra.overrides.task],
         )
 
     @property

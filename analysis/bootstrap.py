@@ -141,19 +141,23 @@ class Bootstrap:
     def columns(self, run_ids: Sequence[str]) -> np.ndarray:
         return np.array([self.predictions.column(r) for r in run_ids], dtype=int)
 
+    def _unit_values(self, units: np.ndarray, coefficients: Sequence[float], metric: str) -> np.ndarray:
+        """(replicates, units): sum_j c_j * metric(run units[k, j]) under each image draw."""
+        return self.metrics[metric][:, units] @ np.asarray(coefficients, dtype=float)
+
     def contrast(self, units: np.ndarray, coefficients: Sequence[float], metric: str, key: object) -> np.ndarray:
         """(replicates,): the mean over resampled units of sum_j c_j * metric(run units[k, j]).
 
         A unit is a seed (or a seed and the other factors' levels): its runs are resampled together, so
         a comparison stays paired on the seed as well as on the images.
         """
-        values = self.metrics[metric][:, units] @ np.asarray(coefficients, dtype=float)  # (replicates, units)
+        values = self._unit_values(units, coefficients, metric)
         draw = self._rng(key, metric).integers(0, units.shape[0], size=(self.replicates, units.shape[0]))
         return np.take_along_axis(values, draw, axis=1).mean(axis=1)
 
     def images_only(self, units: np.ndarray, coefficients: Sequence[float], metric: str) -> np.ndarray:
         """The same contrast with the seeds held fixed: what the test images alone contribute."""
-        return (self.metrics[metric][:, units] @ np.asarray(coefficients, dtype=float)).mean(axis=1)
+        return self._unit_values(units, coefficients, metric).mean(axis=1)
 
     def mean(self, run_ids: Sequence[str], metric: str, key: object) -> np.ndarray:
         return self.contrast(self.columns(run_ids)[:, None], [1.0], metric, key)
