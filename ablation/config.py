@@ -111,6 +111,7 @@ class TrackingConf:
     experiment: str = "pneumonia-ablation"
     artifact_location: str | None = None
     skip_finished: bool = True
+    report: bool = True
 
 
 @dataclass

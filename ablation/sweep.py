@@ -1,5 +1,6 @@
 """What a sweep of `python -m ablation -m ...` shares between its jobs: the parent MLflow run, the jobs file,
-and the table printed when it ends (the `SweepSummary` Hydra callback, `conf/hydra/default.yaml`).
+the design record, and what happens when it ends (the `SweepSummary` Hydra callback, `conf/hydra/default.yaml`):
+the table of its jobs and the report of its runs, logged to the parent run.
 
 Jobs may run in other processes or on other hosts (joblib, Ray, SLURM): they meet in the sweep
 directory, where the first job that trains records the parent run's id and every job appends its line.
@@ -8,18 +9,24 @@ directory, where the first job that trains records the parent run's id and every
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 from filelock import FileLock
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ablation import devices, tracking  # noqa: F401  (devices: registers the Ray launcher's GPU resolver here)
+from ablation.store import missing_sqlite_store, redact
+
+log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent.json"  # the parent run every job attaches to
 DRIVER_FILE = "sweep_driver.json"  # host and pid of the process that launched the sweep
 JOBS_FILE = "jobs.jsonl"  # one line per finished, failed, refused, killed or skipped job
+DESIGN_FILE = "design.json"  # the study's cells and their jobs (hydra_plugins/study_sweeper), on the parent run
+DESIGN_ARTIFACT = "design"  # its artifact folder on the parent run
 NOT_DONE = ("FAILED", "REFUSED", "KILLED")
 
 
@@ -50,6 +57,34 @@ def parent_run(client, experiment_id: str, sweep_dir: Path, uri: str) -> str:
         return run_id
 
 
+def parent_of(sweep_dir: Path) -> dict | None:
+    """The parent run's id and tracking URI, once a job has created it."""
+    record = sweep_dir / PARENT_FILE
+    return json.loads(record.read_text()) if record.exists() else None
+
+
+def record_design(sweep_dir: Path, record: dict) -> None:
+    """Write the design record into the sweep folder and, once there is one, onto the parent run."""
+    path = sweep_dir / DESIGN_FILE
+    path.write_text(json.dumps(record, indent=1, default=str))
+    if parent := parent_of(sweep_dir):
+        try:
+            tracking.client(parent["tracking_uri"]).log_artifact(parent["run_id"], str(path), DESIGN_ARTIFACT)
+        except Exception as error:  # the sweep goes on; the record stays in the sweep folder
+            log.warning(
+                "design record not logged to run %s: %s (kept in %s)", parent["run_id"], redact(str(error)), path
+            )
+
+
+def finished_in_store(uri: str, experiment: str, digest: str) -> str | None:
+    """The FINISHED run resume would skip a job for, looked up without creating a store or an experiment."""
+    if missing_sqlite_store(uri) is not None:
+        return None
+    client = tracking.client(uri)
+    found = client.get_experiment_by_name(experiment)
+    return tracking.finished_run(client, found.experiment_id, digest) if found else None
+
+
 def append_job(sweep_dir: Path, entry: dict) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(sweep_dir / JOBS_FILE) + ".lock"), open(sweep_dir / JOBS_FILE, "a") as f:
@@ -65,10 +100,35 @@ def read_jobs(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(jobs).drop_duplicates("job", keep="last").sort_values("job")
 
 
+def _dry_run(config: DictConfig) -> bool:
+    return bool(OmegaConf.select(config, "hydra.sweeper.dry_run", default=False))
+
+
+def report(config: DictConfig, parent: dict) -> None:
+    """Build the report of the sweep's runs and log it to the parent run; a failure is printed, never raised."""
+    try:
+        from analysis.report import build_report, default_out  # matplotlib and scipy: only when a sweep ends
+        from analysis.runs import load_study
+
+        study = load_study(parent["tracking_uri"], sweep=parent["run_id"])
+        out = default_out(study, Path(config.paths.runs))
+        written = build_report(study, out)
+    except Exception as error:
+        log.exception("report not built")
+        print(
+            f"\nReport not built ({redact(f'{type(error).__name__}: {error}')}); the runs are kept. Retry with: "
+            f"python -m analysis report --sweep {parent['run_id']}"
+        )
+        return
+    print(f"\nReport: {out / 'report.html'} (logged to run {parent['run_id']} under report/)\n{written.headline}")
+
+
 class SweepSummary(Callback):
-    """At the end of a sweep: a table of its jobs, the parent run ended, exit status 1 if any job failed."""
+    """At the end of a sweep: a table of its jobs, the report, the parent run ended, exit 1 if any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if _dry_run(config):
+            return  # a dry run writes nothing
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / DRIVER_FILE).write_text(json.dumps(tracking.process_tags()))
@@ -76,14 +136,15 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         table = read_jobs(sweep_dir)
-        if table.empty:
+        if table.empty or _dry_run(config):
             return
         columns = [c for c in ("job", "status", "test_auc", "run_id", "overrides") if c in table]
         print(f"\nSweep {sweep_dir}:\n" + table[columns].to_string(index=False, na_rep="-"))
         failed = table[table.status.isin(NOT_DONE)]
-        parent_file = sweep_dir / PARENT_FILE
-        if parent_file.exists():
-            parent = json.loads(parent_file.read_text())
+        parent = parent_of(sweep_dir)
+        if parent and config.tracking.report:
+            report(config, parent)
+        if parent:
             tracking.end_run(
                 tracking.client(parent["tracking_uri"]),
                 parent["run_id"],

@@ -61,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = load_study(tracking_uri(args.tracking_uri), args.experiment, args.sweep, args.all_runs)
         out = args.out or default_out(study)
-        files = build_report(study, out, args.baseline, args.replicates, args.halfwidth)
+        written = build_report(study, out, args.baseline, args.replicates, args.halfwidth)
     except AnalysisError as error:
         print(f"analysis report: error: {redact(str(error))}", file=sys.stderr)
         return 2
-    print(f"{len(files)} files written to {out}")
+    print(f"{len(written.files)} files written to {out}")
     if study.parent_id:
         print(f"logged to run {study.parent_id} under artifact path report/")
-    print(f"report: {out / 'report.html'}")
+    print(f"report: {out / 'report.html'}\n{written.headline}")
     return 0
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from analysis import figures, render
 from analysis.bootstrap import REPLICATES, align
 from analysis.runs import Study
-from analysis.sections import report_blocks, top_index
+from analysis.sections import headline, report_blocks, top_index
 from analysis.stats import (
     ablation_table,
     choose_baseline,
@@ -30,12 +30,33 @@ from analysis.stats import (
     stability,
 )
 from analysis.transfer import transfer_runs
-from analysis.verdict import HALFWIDTH, Verdict, verdict
+from analysis.verdict import HALFWIDTH, Verdict, design_effects, verdict
 
 
-def default_out(study: Study) -> Path:
+def default_out(study: Study, runs: Path | None = None) -> Path:
+    """`<runs>/reports/<experiment>-<sweep id[:8] | all>`; `runs` defaults to ./runs."""
     name = re.sub(r"[^\w.-]+", "_", study.experiment)
-    return Path.cwd() / "runs" / "reports" / f"{name}-{study.parent_id[:8] if study.parent_id else 'all'}"
+    return (runs or Path.cwd() / "runs") / "reports" / f"{name}-{study.parent_id[:8] if study.parent_id else 'all'}"
+
+
+def designed_cells(design: dict | None, finished: pd.DataFrame, factors: list[str]) -> tuple[list, tuple | None]:
+    """From a sweep's design record (loco, one_at_a_time): each compared cell as (label, configuration,
+    its reference's configuration), and the first reference's configuration (the report's baseline)."""
+    if not design or design.get("design") == "grid":
+        return [], None
+    keys = dict(zip(finished["run_id"], config_keys(finished, factors), strict=True))
+    key_of = {}
+    for cell in design["cells"]:
+        found = [keys[job["run_id"]] for job in cell["jobs"] if job.get("run_id") in keys]
+        if found:
+            key_of[cell["label"]] = found[0]
+    compared = [
+        (cell["label"], key_of[cell["label"]], key_of[cell["reference"]])
+        for cell in design["cells"]
+        if cell.get("reference") and cell["label"] in key_of and cell["reference"] in key_of
+    ]
+    references = [key_of[c["reference"]] for c in design["cells"] if c.get("reference") in key_of]
+    return compared, references[0] if references else None
 
 
 def _best_per_network(
@@ -82,6 +103,8 @@ class Tables:
     main: pd.DataFrame
     stability: pd.DataFrame
     verdict: Verdict  # ensembles, planning, interactions, ANOVA
+    design: str = "grid"  # the sweep's design (grid, loco, one_at_a_time)
+    designed: pd.DataFrame | None = None  # loco, one_at_a_time: each cell versus its reference
 
     def csvs(self) -> dict[str, pd.DataFrame]:
         csvs = {
@@ -93,6 +116,8 @@ class Tables:
             "ensemble_effects.csv": self.verdict.ensemble_effects,
             "planning.csv": self.verdict.planning,
         }
+        if self.designed is not None:
+            csvs["design_effects.csv"] = self.designed
         if self.verdict.interactions is not None:
             csvs["interactions.csv"] = self.verdict.interactions
         if self.verdict.anova is not None:
@@ -132,7 +157,11 @@ def compute_tables(
 ) -> Tables:
     finished = study.finished.reset_index(drop=True)
     factors, aliases = find_factors(finished, study.params)
-    baseline = choose_baseline(finished, factors, parse_baseline(baseline_spec))
+    compared, reference = designed_cells(study.design, finished, factors)
+    given = parse_baseline(baseline_spec)
+    if reference is not None and not given:  # a designed study's baseline is its design's
+        given = dict(zip(factors, reference, strict=True))
+    baseline = choose_baseline(finished, factors, given)
     history = study.histories(finished["run_id"])
     thresholds = dict(zip(finished["run_id"], finished["threshold"].fillna(0.5), strict=True))
     test = align({r: p["test"] for r, p in predictions.items() if "test" in p}, thresholds)
@@ -142,6 +171,7 @@ def compute_tables(
         "main": main_effects(finished, factors, baseline),
     }
     judged = verdict(finished, factors, baseline, t_tables, test, halfwidth, replicates=replicates)
+    designed = design_effects(finished, factors, compared, test, replicates=replicates) if compared else None
     return Tables(
         finished=finished,
         failed=study.failed,
@@ -154,6 +184,8 @@ def compute_tables(
         main=judged.main,
         stability=stability(finished, factors, run_stability(history)),
         verdict=judged,
+        design=(study.design or {}).get("design", "grid"),
+        designed=designed,
     )
 
 
@@ -205,9 +237,15 @@ def log_to_parent(study: Study, files: list[Path]) -> None:
             study.client.log_artifact(study.parent_id, str(path), "report")
 
 
+@dataclass
+class Written:
+    files: list[Path]
+    headline: str  # the report's first line: the best configuration, or what a designed study found
+
+
 def build_report(
     study: Study, out: Path, baseline_spec: str | None = None, replicates: int = REPLICATES, halfwidth=HALFWIDTH
-) -> list[Path]:
+) -> Written:
     """Write every output file into `out`; log them to the sweep run when there is one."""
     with tempfile.TemporaryDirectory() as tmp:
         predictions = fetch_predictions(study, study.finished, Path(tmp))
@@ -217,4 +255,4 @@ def build_report(
     files = write_tables(tables, fetched, out) + draw_figures(tables, fetched, out) + fetched.gradcams
     files += write_documents(report_blocks(study, tables, fetched), out, study.experiment)
     log_to_parent(study, files)
-    return files
+    return Written(files, headline(tables))

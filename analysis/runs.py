@@ -8,6 +8,7 @@ DataFrame with one row per job run (status, error tag, params as strings, once-o
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 
 from ablation.store import default_tracking_uri, missing_sqlite_store
+from ablation.sweep import DESIGN_ARTIFACT, DESIGN_FILE
 from ablation.tracking import ROLE
 
 TEST_METRICS = (
@@ -45,6 +47,7 @@ class Study:
     parent_id: str | None  # None with --all-runs
     runs: pd.DataFrame  # META columns, then metrics, then params (all job runs, any status)
     params: list[str]
+    design: dict | None = None  # the sweep's design record (ablation.sweep.record_design), if its sweeper wrote one
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -157,16 +160,41 @@ def _runs_frame(runs: list[Run], params: list[str]) -> pd.DataFrame:
     )
 
 
+def _design(client: MlflowClient, parent_id: str) -> dict | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(parent_id, f"{DESIGN_ARTIFACT}/{DESIGN_FILE}", tmp)
+        except (MlflowException, OSError):
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def _sweep_runs(client: MlflowClient, experiment_id: str, parent_id: str, design: dict | None) -> list[Run]:
+    """The sweep's job runs: its children, and the earlier runs its resumed jobs skipped to (from the design)."""
+    where = f"tags.`{ROLE}` = 'job'"
+    runs = _search(client, [experiment_id], f"{where} and tags.`mlflow.parentRunId` = '{parent_id}'")
+    skipped_to = {
+        job["run_id"] for cell in (design or {}).get("cells", []) for job in cell["jobs"] if job.get("run_id")
+    }
+    skipped_to -= {r.info.run_id for r in runs}
+    if skipped_to:
+        listed = ", ".join(f"'{run_id}'" for run_id in sorted(skipped_to))
+        runs += _search(client, [experiment_id], f"{where} and attributes.run_id IN ({listed})")
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
 def load_study(uri: str, experiment: str | None = None, sweep: str | None = None, all_runs: bool = False) -> Study:
     _check_store(uri)
     client = MlflowClient(tracking_uri=uri)
     exp, parent = _select(client, uri, experiment, sweep, all_runs)
-    where = f"tags.`{ROLE}` = 'job'"
+    design = _design(client, parent.info.run_id) if parent is not None else None
     if parent is not None:
-        where += f" and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    runs = _search(client, [exp.experiment_id], where, order_by=["attributes.start_time ASC"])
+        runs = _sweep_runs(client, exp.experiment_id, parent.info.run_id, design)
+    else:
+        runs = _search(client, [exp.experiment_id], f"tags.`{ROLE}` = 'job'", order_by=["attributes.start_time ASC"])
     what = f"sweep {parent.info.run_id} of experiment {exp.name!r}" if parent else f"experiment {exp.name!r}"
     if not any(r.info.status == "FINISHED" for r in runs):
         raise AnalysisError(f"{what} has no finished job runs ({len(runs)} job runs in total)")
     params = sorted({k for r in runs for k in r.data.params})
-    return Study(client, uri, exp.name, parent.info.run_id if parent else None, _runs_frame(runs, params), params)
+    parent_id = parent.info.run_id if parent else None
+    return Study(client, uri, exp.name, parent_id, _runs_frame(runs, params), params, design)

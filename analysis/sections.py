@@ -204,6 +204,64 @@ def _shown_effects(eff: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
     return shown
 
 
+DESIGNS = {
+    "loco": (
+        "Leave one component out",
+        "Each component removed from the baseline, one at a time: its run minus the baseline's (paired by seed), "
+        "sorted by what the removal costs in ROC AUC, largest loss first.",
+    ),
+    "one_at_a_time": (
+        "One factor at a time",
+        "Each factor's other levels, one at a time, the others at the baseline: its run minus the baseline's "
+        "(paired by seed), in the order the study lists them.",
+    ),
+}
+
+
+def _cell_name(cell: str) -> str:
+    return f"removing {cell[1:]}" if cell.startswith("-") else cell
+
+
+def _designed_rows(tables: Tables) -> pd.DataFrame:
+    """One row per compared cell: its test ROC AUC comparison, loco's sorted by cost (largest loss first)."""
+    auc = tables.designed[tables.designed["metric"] == "test_auc"]
+    return auc.sort_values("diff", kind="stable") if tables.design == "loco" else auc
+
+
+def _designed_line(row: pd.Series) -> str:
+    interval = _both(*row[["diff", "boot_low", "boot_high", "ci_low", "ci_high"]], sign=True)
+    return f"{_cell_name(row['cell'])}: test ROC AUC {interval} ({_p(row['p_holm'], 'p_holm ')}, n = {int(row['n'])})"
+
+
+def _design_blocks(tables: Tables) -> list:
+    if tables.designed is None or tables.design not in DESIGNS:
+        return []
+    title, intro = DESIGNS[tables.design]
+    eff, order = tables.designed, list(_designed_rows(tables)["cell"])
+    shown = pd.DataFrame({"cell": [_cell_name(c) for c in order]})
+    for m in KEY_METRICS:
+        rows = eff[eff["metric"] == m].set_index("cell").loc[order]
+        shown[f"Δ {NAMES[m]} [95%] (p_holm)"] = [
+            f"{_both(r.diff, r.boot_low, r.boot_high, r.ci_low, r.ci_high, sign=True)} ({_p(r.p_holm, 'p_holm ')})"
+            for r in rows.itertuples()
+        ]
+    shown["n"] = list(eff[eff["metric"] == KEY_METRICS[0]].set_index("cell").loc[order, "n"])
+    return [
+        ("h2", title),
+        ("p", intro + " Intervals: bootstrap over seeds and test images; Holm per metric."),
+        ("table", shown),
+    ]
+
+
+def headline(tables: Tables) -> str:
+    """The report's answer in one line: what a designed study found, else the best configuration."""
+    if tables.designed is not None and tables.design in DESIGNS and len(tables.designed):
+        rows = _designed_rows(tables)
+        first = rows.iloc[0] if tables.design == "loco" else rows.loc[rows["diff"].abs().idxmax()]
+        return f"{DESIGNS[tables.design][0]}: " + _designed_line(first)
+    return _summary(tables.factors, tables.ablation, tables.main, tables.baseline)[0].replace("**", "")
+
+
 def _verdict_blocks(tables: Tables) -> list:
     """Seed ensembles; how sure, and what more seeds would buy; interactions and the ANOVA."""
     v, factors = tables.verdict, tables.factors
@@ -388,6 +446,13 @@ def _method(aliases: dict[str, list[str]], replicates: int) -> list[str]:
     ]
 
 
+def _design_summary(tables: Tables) -> list[str]:
+    if tables.designed is None or tables.design not in DESIGNS:
+        return []
+    lines = [_designed_line(r) for _, r in _designed_rows(tables).iterrows()]
+    return [f"**{DESIGNS[tables.design][0]}** (versus the baseline): " + "; ".join(lines) + "."]
+
+
 def _overview_blocks(study: Study, tables: Tables) -> list:
     """Title, provenance, the answer first, and the ablation table."""
     finished, factors, table = tables.finished, tables.factors, tables.ablation
@@ -400,7 +465,7 @@ def _overview_blocks(study: Study, tables: Tables) -> list:
             f"configurations, {len(tables.failed)} failed/killed run(s) excluded. Tracking URI "
             f"`{redact(study.tracking_uri)}`; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         ),
-        ("lead", _summary(factors, table, tables.main, tables.baseline)),
+        ("lead", _summary(factors, table, tables.main, tables.baseline) + _design_summary(tables)),
         ("h2", "Ablation table"),
         (
             "p",
@@ -494,6 +559,7 @@ def report_blocks(study: Study, tables: Tables, fetched: Fetched) -> list:
     """The report's content, section by section, as (kind, *args) blocks for `_markdown` and `_html`."""
     return [
         *_overview_blocks(study, tables),
+        *_design_blocks(tables),
         *_effect_blocks(tables),
         *_verdict_blocks(tables),
         *_best_run_blocks(fetched),

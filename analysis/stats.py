@@ -389,8 +389,9 @@ def interactions(runs: pd.DataFrame, factors: list[str], baseline: tuple, metric
 
 def anova(runs: pd.DataFrame, factors: list[str], metric: str = "test_auc") -> pd.DataFrame | None:
     """ANOVA of `metric` on the factors and all their interactions, with the seed as a block (statsmodels, type
-    II sums of squares); None without two factors, seeds, or residual degrees of freedom."""
-    if len(factors) < 2 or REPLICATE not in runs or runs[REPLICATE].nunique() < 2:
+    II sums of squares); None without a full factorial of two factors or more, seeds, or residual degrees of
+    freedom (a leave-one-out or one-at-a-time design has no interactions to estimate)."""
+    if len(factors) < 2 or REPLICATE not in runs or runs[REPLICATE].nunique() < 2 or not full_factorial(runs, factors):
         return None
     names = {f: f"f{i}" for i, f in enumerate(factors)}  # formula-safe names for dotted params
     data = runs[[*factors, REPLICATE, metric]].rename(columns=names).astype({v: str for v in names.values()})

@@ -23,6 +23,7 @@ from analysis.stats import (
     REPLICATE,
     UNSET,
     anova,
+    compare,
     config_keys,
     detectable_difference,
     full_factorial,
@@ -241,3 +242,30 @@ def verdict(
         replicates=study.boot.replicates if study.boot else 0,
         halfwidth=halfwidth,
     )
+
+
+def design_effects(
+    finished: pd.DataFrame,
+    factors: list[str],
+    compared: list[tuple[str, tuple, tuple]],
+    predictions: ScoredRuns | None,
+    **boot,
+) -> pd.DataFrame:
+    """A designed study's own comparisons: (cell label, its configuration, its reference's configuration) ->
+    per metric the difference with its seed-only t-interval, the bootstrap interval and the Holm-adjusted p."""
+    study = _Study(finished, factors, predictions, **boot)
+    rows = []
+    for cell, key, reference in compared:
+        treated, base = (keyed_by_seed(study.runs(k), []) for k in (key, reference))
+        for m in TEST_METRICS:
+            rows.append(
+                {
+                    "cell": cell,
+                    "metric": m,
+                    "n": len(treated),
+                    "n_reference": len(base),
+                    **compare(treated[m], base[m]),
+                    **_bootstrap_columns(_effect_replicates(study, key, reference, m)),
+                }
+            )
+    return _with_holm(pd.DataFrame(rows))

@@ -126,3 +126,21 @@ def postgres(request, tmp_path) -> dict[str, str]:
     # No password in the URI (ps shows it): libpq reads PGPASSWORD, as it would ~/.pgpass.
     psql = [str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "-d", "mlflow", "-tAc"]
     return {"uri": f"postgresql://mlflow@127.0.0.1:{port}/mlflow", "env": env, "psql": json.dumps(psql)}
+
+
+TEST_STUDIES = PROJECT / "tests" / "conf"  # study files of the tests' own (conf/study/ beside the shipped ones)
+
+
+def study_args(name: str) -> list[str]:
+    return ["-m", f"hydra.searchpath=[file://{TEST_STUDIES}]", f"study={name}"]
+
+
+@pytest.fixture(scope="session")
+def loco_study(tmp_path_factory, cache_dir) -> dict:
+    """One leave-one-component-out study on the real images at tiny settings (3 components, 2 seeds: 8 runs),
+    with its end-of-sweep report: the sweep tests and the MLflow UI test read it."""
+    from processes import run_ablation
+
+    runs = tmp_path_factory.mktemp("loco") / "runs"
+    done = run_ablation(*study_args("loco_tiny"), runs=runs, cache=cache_dir, report=True)
+    return {"runs": runs, "done": done, "uri": f"sqlite:///{runs}/mlflow.db", "experiment": "loco"}

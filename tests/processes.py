@@ -36,11 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ablation(*args: str, runs: Path, cache: Path | None = None) -> list[str]:
-    """`python -m ablation ARGS` writing under `runs` (with the session's decoded-image cache, if given)."""
+def ablation(*args: str, runs: Path, cache: Path | None = None, report: bool = False) -> list[str]:
+    """`python -m ablation ARGS` writing under `runs` (with the session's decoded-image cache, if given); a sweep
+    builds its end-of-sweep report only when the test asks (`report`): it costs seconds the other tests skip."""
     data = [] if any(a.startswith("data.root=") for a in args) else [f"data.root={DATA_ROOT}"]
     cached = [f"data.cache_dir={cache}"] if cache else []
-    return [sys.executable, "-m", "ablation", *args, f"paths.runs={runs}", *cached, *data]
+    reported = [] if report else ["tracking.report=false"]
+    return [sys.executable, "-m", "ablation", *args, f"paths.runs={runs}", *cached, *data, *reported]
 
 
 def group_alive(pgid: int) -> bool:
@@ -117,9 +119,11 @@ def run_module(module: str, *args, timeout: float = 300, **kwargs) -> subprocess
     return run_command([sys.executable, "-m", module, *args], timeout, **kwargs)
 
 
-def run_ablation(*args: str, runs: Path, timeout: int = 900, cache: Path | None = None) -> subprocess.CompletedProcess:
+def run_ablation(
+    *args: str, runs: Path, timeout: int = 900, cache: Path | None = None, report: bool = False
+) -> subprocess.CompletedProcess:
     """`python -m ablation ARGS` as a user types it, writing under `runs`, to its end."""
-    return run_command(ablation(*args, runs=runs, cache=cache), timeout)
+    return run_command(ablation(*args, runs=runs, cache=cache, report=report), timeout)
 
 
 def end_pids(pids, timeout: float) -> None:

@@ -11,6 +11,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from ablation.config import ConfigError, validate
+from ablation.design import Design
 
 GROUPS = ["model", "augmentation", "class_weighting", "optimizer", "trainer", "data", "tracking", "paths"]
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((PROJECT / "conf" / g).glob("*.yaml"))]
@@ -29,14 +30,19 @@ def test_experiments_compose_and_validate(name):
     validate(compose_config(f"experiment={name}", f"data.root={DATA_ROOT}"))
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (PROJECT / "conf" / "ablation").glob("*.yaml")))
-def test_ablation_studies_are_seeded_sweeps_into_their_own_experiment(name):
-    cfg = compose_config(f"ablation={name}", f"data.root={DATA_ROOT}", return_hydra_config=True)
+DESIGNS = {d.value for d in Design}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PROJECT / "conf" / "study").glob("*.yaml")))
+def test_studies_are_seeded_sweeps_of_the_study_sweeper_into_their_own_experiment(name):
+    cfg = compose_config(f"study={name}", f"data.root={DATA_ROOT}", return_hydra_config=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN
-    assert "seed" in cfg.hydra.sweeper.params  # replicates (or, in a factorial, the seed the cells share)
-    assert cfg.tracking.experiment in (name, "best")  # `recipe` joins the best recipe's own runs
-    command = (PROJECT / "conf" / "ablation" / f"{name}.yaml").read_text().splitlines()[1]
-    assert command == f"# python -m ablation -m ablation={name}", "the command that runs it comes first"
+    assert cfg.hydra.sweeper._target_.endswith("StudySweeper") and cfg.hydra.sweeper.design in DESIGNS
+    # replicates (or, in a factorial, the seed the cells share)
+    assert "seed" in (cfg.hydra.sweeper.params or {}) or cfg.hydra.sweeper.seeds is not None
+    assert cfg.tracking.experiment in (name, "best")  # `recipe` and `recipe_loco` join the best recipe's own runs
+    command = (PROJECT / "conf" / "study" / f"{name}.yaml").read_text().splitlines()[1]
+    assert command == f"# python -m ablation -m study={name}", "the command that runs it comes first"
 
 
 def test_defaults_follow_the_reference_study():

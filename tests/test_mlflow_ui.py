@@ -1,4 +1,5 @@
-"""The MLflow UI of the README, on a real 2-job sweep: its REST API and its runs page in headless Chromium.
+"""The MLflow UI of the README, on a real 8-job study (the session's `loco_study`): its REST API and its runs
+page in headless Chromium.
 
 Starts `mlflow ui --backend-store-uri sqlite:///... --host 127.0.0.1 --port PORT` (the README's command on
 a free port) and always stops it. Needs Debian's `chromium` (/usr/bin/chromium): without it this test
@@ -23,7 +24,6 @@ from pathlib import Path
 import pytest
 from conftest import CHROMIUM, CHROMIUM_FLAGS, PROJECT
 from PIL import Image
-from processes import run_ablation
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 FLAGS = [
@@ -56,26 +56,7 @@ def _post(url: str, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sweep_store(tmp_path_factory, cache_dir) -> Path:
-    runs = tmp_path_factory.mktemp("ui") / "runs"
-    done = run_ablation(
-        "-m",
-        "model=cnn",
-        "dropout=0,0.5",
-        "data.image_size=32",
-        "data.max_train_per_class=32",
-        "epochs=1",
-        "tracking.experiment=ui",
-        "trainer.verbose=0",
-        f"data.cache_dir={cache_dir}",
-        runs=runs,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return runs
-
-
-@pytest.fixture(scope="module")
-def mlflow_ui(sweep_store, tmp_path_factory):
+def mlflow_ui(loco_study, tmp_path_factory):
     """The UI's base URL; the server (its whole process group) is stopped whatever the test does."""
     assert MLFLOW.is_file(), f"{MLFLOW} missing: install the project's dependencies"
     port = _free_port()
@@ -84,7 +65,7 @@ def mlflow_ui(sweep_store, tmp_path_factory):
         str(MLFLOW),
         "ui",
         "--backend-store-uri",
-        f"sqlite:///{sweep_store}/mlflow.db",
+        loco_study["uri"],
         "--host",
         "127.0.0.1",
         "--port",
@@ -96,7 +77,12 @@ def mlflow_ui(sweep_store, tmp_path_factory):
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "w") as out:
         server = subprocess.Popen(
-            command, cwd=sweep_store.parent, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=loco_study["runs"].parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -132,13 +118,13 @@ def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_ui_serves_the_sweep_and_renders_its_runs(mlflow_ui, tmp_path):
-    query = urllib.parse.urlencode({"experiment_name": "ui"})
+    query = urllib.parse.urlencode({"experiment_name": "loco"})
     experiment = _get(f"{mlflow_ui}/api/2.0/mlflow/experiments/get-by-name?{query}")["experiment"]
     experiment_id = experiment["experiment_id"]
     found = _post(f"{mlflow_ui}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id], "max_results": 100})
     runs = found["runs"]
     roles = sorted(next(t["value"] for t in run["data"]["tags"] if t["key"] == "ablation.role") for run in runs)
-    assert roles == ["job", "job", "sweep"]
+    assert roles == ["job"] * 8 + ["sweep"]
     jobs = [r for r in runs if {"key": "ablation.role", "value": "job"} in r["data"]["tags"]]
     dropouts = set()
     for job in jobs:
@@ -147,10 +133,10 @@ def test_ui_serves_the_sweep_and_renders_its_runs(mlflow_ui, tmp_path):
         assert 0 <= metrics["test_auc"] <= 1 and "threshold" in metrics
         params = {p["key"]: p["value"] for p in job["data"]["params"]}
         dropouts.add(float(params["dropout"]))
-    assert dropouts == {0.0, 0.5}
+    assert dropouts == {0.0, 0.5}  # the baseline's and the dropout-removed cell's
 
     # MLflow 3 opens an experiment on its GenAI overview; the runs table is the "Model training" view.
-    # Filtering on a metric lists the two jobs themselves, not their collapsed sweep parent.
+    # Filtering on a metric lists the eight jobs themselves, not their collapsed sweep parent.
     view = {
         "workflowType": "machine_learning",
         "searchFilter": "metrics.test_auc >= 0",
@@ -159,9 +145,8 @@ def test_ui_serves_the_sweep_and_renders_its_runs(mlflow_ui, tmp_path):
     }
     page = f"{mlflow_ui}/#/experiments/{experiment_id}/runs?{urllib.parse.urlencode(view)}"
     dom = _chromium(tmp_path / "profile-dom", "--dump-dom", page).stdout
-    assert "<strong>2</strong> matching runs" in dom, dom[-3000:]
-    for dropout in ("0", "0.5"):
-        assert f"model=cnn, dropout={dropout}," in dom  # each job's run name: its overrides
+    assert "<strong>8</strong> matching runs" in dom, dom[-3000:]
+    assert "model=cnn, augmentation=flip, study=loco_tiny" in dom  # a job's run name: its overrides
 
     shot = tmp_path / "mlflow_ui.png"
     _chromium(tmp_path / "profile-shot", f"--screenshot={shot}", page)

@@ -126,7 +126,8 @@ def test_refuses_an_unknown_model():
         min_image_size("vgg16")
 
 
-@pytest.mark.parametrize("name", ["cnn", *(pytest.param(n, marks=pytest.mark.slow) for n in ("resnet18", "resnet50"))])
+# ResNet-50 is left out (a minute on 2 cores): its blocks are checked against Keras' own ResNet50 above.
+@pytest.mark.parametrize("name", ["cnn", pytest.param("resnet18", marks=pytest.mark.slow)])
 def test_training_steps_on_real_images_lower_the_loss(name, batch):
     images, labels = batch
     keras.utils.set_random_seed(0)

@@ -1,6 +1,6 @@
 """A sweep with the joblib launcher: four jobs (dropout x two seeds) in four worker processes, one MLflow store,
 one parent run, each job pinned to its own GPU of a (fake) four-GPU machine before its framework started; then
-`python -m analysis report` on it, with intervals over the two seeds and the test images."""
+the end-of-sweep report on it, with intervals over the two seeds and the test images."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import mlflow
 import pandas as pd
 import pytest
-from processes import TINY, run_ablation, run_module
+from processes import TINY, run_ablation
 
 from ablation.job import DEVICES_TAG
 
@@ -48,6 +48,7 @@ def test_joblib_sweep_four_parallel_jobs_pinned_round_robin_then_the_report(tmp_
         "tracking.experiment=parallel",
         runs=runs,
         cache=cache_dir,
+        report=True,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -77,9 +78,10 @@ def test_joblib_sweep_four_parallel_jobs_pinned_round_robin_then_the_report(tmp_
         val_auc = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_auc"), key=lambda m: m.step)]
         assert run.data.metrics["kept_val_auc"] == pytest.approx(val_auc[kept - 1])
 
-    out = tmp_path / "report"
-    report = run_module("analysis", "report", "--tracking-uri", f"sqlite:///{runs}/mlflow.db", "--out", out)
-    assert report.returncode == 0, report.stderr[-3000:]
+    # The end-of-sweep report, built from the sweep's runs and logged to its parent run.
+    (out,) = (runs / "reports").glob("parallel-*")
+    assert f"Report: {out / 'report.html'}" in done.stdout
+    assert "report/report.html" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     table = pd.read_csv(out / "ablation_table.csv")
     assert sorted(table.dropout) == [0.0, 0.5] and table.n.tolist() == [2, 2]
     assert {"test_auc_mean", "test_auc_ci_low", "test_auc_ci_high", "test_auc_boot_low"} <= set(table.columns)

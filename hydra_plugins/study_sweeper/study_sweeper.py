@@ -1,0 +1,210 @@
+"""The study sweeper: turns a study's design into jobs and hands them to whichever launcher the sweep uses
+(basic, joblib, Ray, SLURM), in one batch, or in rounds when seeds run until the answer is clear.
+
+Jobs keep everything they do today (resume, failure isolation, the parent run, the jobs file); the sweeper
+adds the design record (`design.json` in the sweep folder and on the parent run), which the report reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ablation import design, sweep, tracking
+from ablation.config import ConfigError, config_hash, validate
+from ablation.design import AutoSeeds, Cell, Design, DesignError, Sweep
+
+log = logging.getLogger(__name__)
+
+
+class StudySweeper(Sweeper):
+    def __init__(
+        self,
+        design: str = "grid",
+        params: dict[str, str] | None = None,
+        baseline: list[str] | None = None,
+        components: dict[str, Any] | None = None,
+        seeds: Any = None,
+        target_halfwidth: float = 0.01,
+        min_seeds: int = 2,
+        max_seeds: int = 5,
+        metric: str = "test_auc",
+        dry_run: bool = False,
+        max_batch_size: int | None = None,
+    ) -> None:
+        try:
+            self.design = Design(design)
+        except ValueError:
+            raise DesignError(
+                f"hydra.sweeper.design={design!r}: allowed are {', '.join(d.value for d in Design)}"
+            ) from None
+        self.params = dict(params or {})
+        self.baseline = [str(o) for o in _plain(baseline or [])]
+        self.components = {name: _plain(removal) for name, removal in (components or {}).items()}
+        self.seeds = _plain(seeds)
+        self.auto = self.seeds == "auto"
+        self.auto_seeds = AutoSeeds(target_halfwidth, min_seeds, max_seeds, metric) if self.auto else None
+        self.dry_run = dry_run
+        self.max_batch_size = max_batch_size
+        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig | None = None
+        self.launcher: Launcher | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    # ------------------------------------------------------------------ planning
+
+    def _compose(self, overrides: list[str]) -> DictConfig:
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def _baseline_level(self, base: list[str]):
+        cfg = self._compose(base)
+        choices = cfg.hydra.runtime.choices
+        return lambda key: choices[key] if key in choices else OmegaConf.select(cfg, key)
+
+    def cells(self, parsed: Sweep) -> list[Cell]:
+        if self.design is Design.grid:
+            return design.grid(parsed)
+        if self.design is Design.loco:
+            return design.loco(parsed, self.baseline, self.components)
+        level = self._baseline_level(design.merge(self.baseline, parsed.fixed))
+        return design.one_at_a_time(parsed, self.baseline, level)
+
+    @staticmethod
+    def job_overrides(cell: Cell, seed: int | None) -> list[str]:
+        return cell.overrides if seed is None else design.merge(cell.overrides, [f"{design.SEED}={seed}"])
+
+    # ------------------------------------------------------------------ sweeping
+
+    def sweep(self, arguments: list[str]) -> Any:
+        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        parsed = design.parse(lines, OverridesParser.create(config_loader=self.hydra_context.config_loader))
+        cells = self.cells(parsed)
+        if self.auto:
+            if parsed.seeds is not None:
+                raise DesignError("seeds are given twice: hydra.sweeper.seeds=auto and a seed= override; keep one")
+            first_seeds: list[int | None] = list(range(self.auto_seeds.min_seeds))
+        else:
+            first_seeds = design.seed_list(self.seeds, parsed.seeds) or [None]
+        planned = [(cell, seed) for cell in cells for seed in first_seeds]
+        if self.dry_run:
+            self._print_dry_run(planned)
+            return []
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        record = {
+            "design": self.design.value,
+            "seeds": self.seeds,
+            "metric": self.auto_seeds.metric if self.auto else None,
+            "cells": [
+                {"label": c.label, "reference": c.reference, "overrides": c.overrides, "jobs": []} for c in cells
+            ],
+            "rounds": [],
+        }
+        returns = [self._launch(planned, cells, record, sweep_dir)]
+        while self.auto:
+            again = self._decide_round(cells, record, sweep_dir)
+            if not again:
+                break
+            returns.append(self._launch(again, cells, record, sweep_dir))
+        return returns
+
+    def _launch(self, planned: list[tuple[Cell, int | None]], cells: list[Cell], record: dict, sweep_dir: Path):
+        first = sum(len(c["jobs"]) for c in record["cells"])
+        for offset, (cell, seed) in enumerate(planned):
+            record["cells"][cells.index(cell)]["jobs"].append({"job": first + offset, "seed": seed})
+        batch = [self.job_overrides(cell, seed) for cell, seed in planned]
+        results: list[JobReturn] = []
+        size = self.max_batch_size or len(batch)
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            self.validate_batch_is_legal(chunk)
+            launched = self.launcher.launch(chunk, initial_job_idx=first + start)
+            for result in launched:
+                _ = result.return_value  # re-raises what a job could not handle itself (Ctrl-C)
+            results.extend(launched)
+        self._record(record, sweep_dir)
+        return results
+
+    def _record(self, record: dict, sweep_dir: Path) -> None:
+        """Join each planned job with its line in the jobs file (run id, status); write and log the record."""
+        jobs = sweep.read_jobs(sweep_dir)
+        by_num = {int(row["job"]): row for _, row in jobs.iterrows()} if not jobs.empty else {}
+        for cell in record["cells"]:
+            for job in cell["jobs"]:
+                line = by_num.get(job["job"])
+                if line is not None:
+                    job["status"] = line["status"]
+                    job["run_id"] = line["run_id"] if isinstance(line.get("run_id"), str) else None
+        sweep.record_design(sweep_dir, record)
+
+    def _decide_round(self, cells: list[Cell], record: dict, sweep_dir: Path) -> list[tuple[Cell, int]]:
+        """Each cell's interval so far; one more seed for those still too wide. Printed and logged."""
+        client = tracking.client(self.config.tracking.uri)
+        rule, lines, again = self.auto_seeds, [], []
+        for cell, entry in zip(cells, record["cells"], strict=True):
+            values = [_metric(client, job, rule.metric) for job in entry["jobs"]]
+            line = rule.decide(cell.label, values, len(entry["jobs"]))
+            lines.append(line)
+            if line["decision"] == "another seed":
+                again.append((cell, len(entry["jobs"])))
+        record["rounds"].append(lines)
+        sweep.record_design(sweep_dir, record)
+        table = pd.DataFrame(lines)
+        heading = f"Seeds, round {len(record['rounds'])}: the {rule.metric} interval of each cell"
+        limits = f"target +-{rule.target_halfwidth}, at most {rule.max_seeds} seeds"
+        print(f"\n{heading} ({limits})\n{table.to_string(index=False, float_format='{:.4f}'.format)}", flush=True)
+        return again
+
+    def _print_dry_run(self, planned: list[tuple[Cell, int | None]]) -> None:
+        rows = []
+        for num, (cell, seed) in enumerate(planned):
+            overrides = self.job_overrides(cell, seed)
+            rows.append(
+                {"job": num, "cell": cell.label, "status": self._would_be(overrides), "overrides": " ".join(overrides)}
+            )
+        more = f"; seeds=auto: later rounds add seeds up to {self.auto_seeds.max_seeds} per cell" if self.auto else ""
+        print(f"Dry run ({self.design.value}): {len(rows)} jobs planned{more}; nothing is run or written.")
+        print(pd.DataFrame(rows).to_string(index=False))
+
+    def _would_be(self, overrides: list[str]) -> str:
+        """FINISHED if resume would skip the job, REFUSED (why) if validation would, else 'to run'."""
+        cfg = self._compose(overrides)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        try:
+            validate(cfg)
+        except ConfigError as error:
+            return f"REFUSED: {error}"
+        if not cfg.tracking.skip_finished:
+            return "to run"
+        done = sweep.finished_in_store(cfg.tracking.uri, cfg.tracking.experiment, config_hash(cfg))
+        return f"FINISHED ({done})" if done else "to run"
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _metric(client, job: dict, metric: str) -> float:
+    if job.get("status") not in ("FINISHED", "SKIPPED") or not job.get("run_id"):
+        return math.nan
+    return float(client.get_run(job["run_id"]).data.metrics.get(metric, math.nan))

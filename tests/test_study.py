@@ -1,0 +1,144 @@
+"""Studies run the way a user types them (`python -m ablation -m study=...`), as subprocesses, into a real MLflow
+store on the real images: the leave-one-component-out and one-factor-at-a-time designs, seeds until the
+interval is narrow, the dry run, resume, a failing configuration, and the report on the parent run."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import study_args
+from processes import run_ablation
+
+pytestmark = pytest.mark.slow
+
+SPEC_PARAMS = {"model", "dropout", "batchnorm", "augmentation", "class_weighting", "epochs", "seed", "batch_size"}
+TEST_METRICS = {"test_accuracy", "test_precision", "test_recall", "test_specificity", "test_f1", "test_auc"}
+EPOCH_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "val_auc")
+ARTIFACTS = {
+    "learning_curves.png",
+    "confusion_matrix.png",
+    "roc_curve.png",
+    "gradcam_panel.png",
+    "model_summary.txt",
+    "config.yaml",
+    "data_record.json",
+    "test_predictions.csv",
+    "val_predictions.csv",
+}
+STOPPED_FAILED = "stop: no job finished"
+# The loco_tiny study's components (tests/conf/study/loco_tiny.yaml): the params each one's removal changes.
+COMPONENTS = {"dropout": {"dropout"}, "flip": {"augmentation"}, "batchnorm": {"batchnorm"}}
+
+
+def _runs(uri: str, experiment: str) -> tuple[mlflow.MlflowClient, list, list]:
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id]) if found else []
+    by_role = lambda role: [r for r in runs if r.data.tags.get("ablation.role") == role]  # noqa: E731
+    return client, by_role("sweep"), by_role("job")
+
+
+def _design(client: mlflow.MlflowClient, parent_id: str, tmp_path) -> dict:
+    return json.loads(open(client.download_artifacts(parent_id, "design/design.json", str(tmp_path))).read())
+
+
+def test_loco_runs_the_baseline_and_each_removal_per_seed_and_logs_its_report(loco_study, tmp_path):
+    done = loco_study["done"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, parents, jobs = _runs(loco_study["uri"], loco_study["experiment"])
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(jobs) == (1 + 3) * 2
+
+    design = _design(client, parents[0].info.run_id, tmp_path)
+    assert design["design"] == "loco"
+    by_run = {job["run_id"]: cell["label"] for cell in design["cells"] for job in cell["jobs"]}
+    params = {r.info.run_id: r.data.params for r in jobs}
+    baseline = {params[r]["seed"]: params[r] for r, label in by_run.items() if label == "baseline"}
+    assert sorted(baseline) == ["0", "1"]
+    for run_id, label in by_run.items():
+        if label == "baseline":
+            continue
+        component = label.removeprefix("-")
+        changed = {k for k, v in params[run_id].items() if baseline[params[run_id]["seed"]].get(k) != v}
+        assert {k.split(".")[0] for k in changed} == COMPONENTS[component], (label, changed)
+
+    for run in jobs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert SPEC_PARAMS <= set(run.data.params) and run.data.params["epochs"] == "2"
+        assert TEST_METRICS <= set(run.data.metrics) and "hydra.overrides" in run.data.tags
+    first = jobs[0].info.run_id
+    for key in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(first, key)] == [1, 2], key
+    assert ARTIFACTS <= {a.path for a in client.list_artifacts(first)}
+    assert [a.path for a in client.list_artifacts(first, "model")] == ["model/model.keras"]
+
+    # The end-of-sweep table, then the report: built, logged to the parent run, its path and headline printed.
+    assert done.stdout.count("FINISHED") == 8 and "test_auc" in done.stdout
+    assert "Report: " in done.stdout and "Leave one component out: removing " in done.stdout
+    report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/design_effects.csv"} <= report
+    table = pd.read_csv(client.download_artifacts(parents[0].info.run_id, "report/design_effects.csv", str(tmp_path)))
+    auc = table[table["metric"] == "test_auc"]
+    assert set(auc["cell"]) == {"-dropout", "-flip", "-batchnorm"} and (auc["n"] == 2).all()
+    assert auc["boot_low"].le(auc["diff"]).all() and auc["diff"].le(auc["boot_high"]).all()
+    markdown = open(client.download_artifacts(parents[0].info.run_id, "report/report.md", str(tmp_path))).read()
+    assert "## Leave one component out" in markdown
+
+
+def test_a_finished_study_is_skipped_and_a_dry_run_writes_nothing(loco_study, tmp_path):
+    runs = loco_study["runs"]
+    sweeps_before = sorted(runs.glob("sweeps/*/*"))
+    dry = run_ablation(*study_args("loco_tiny"), "hydra.sweeper.dry_run=true", runs=runs, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "Dry run (loco): 8 jobs planned" in dry.stdout and dry.stdout.count("FINISHED (") == 8
+    assert sorted(runs.glob("sweeps/*/*")) == sweeps_before
+
+    fresh = tmp_path / "fresh"
+    dry = run_ablation(*study_args("loco_tiny"), "hydra.sweeper.dry_run=true", runs=fresh, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert dry.stdout.count("to run") == 8 and "FINISHED" not in dry.stdout
+    assert not fresh.exists()  # no store, no sweep folder, no run
+
+    again = run_ablation(*study_args("loco_tiny"), runs=runs, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("SKIPPED") == 8
+    _, parents, jobs = _runs(loco_study["uri"], loco_study["experiment"])
+    assert (len(parents), len(jobs)) == (1, 8)  # nothing new: no parent, no run
+
+
+def test_one_at_a_time_with_auto_seeds_and_a_refused_configuration(tmp_path, cache_dir):
+    runs = tmp_path / "runs"
+    done = run_ablation(*study_args("oaat_tiny"), runs=runs, cache=cache_dir)
+    assert done.returncode == 1, done.stderr[-3000:]  # the refused configuration fails the sweep
+    assert "REFUSED" in done.stdout and "dropout=1.5" in done.stdout
+    assert "Seeds, round 1" in done.stdout and "Seeds, round 2" in done.stdout
+
+    client, parents, jobs = _runs(f"sqlite:///{runs}/mlflow.db", "oaat")
+    assert all(r.info.status == "FINISHED" for r in jobs)
+    seeds = {}
+    for run in jobs:
+        seeds.setdefault(run.data.params["dropout"], set()).add(run.data.params["seed"])
+    # The baseline (dropout 0.5) and its one other trainable level, each at max_seeds; 1.5 left no run.
+    assert seeds == {"0.5": {"0", "1", "2"}, "0.0": {"0", "1", "2"}}
+    assert parents[0].info.status == "FAILED"
+    assert not list(
+        client.list_artifacts(parents[0].info.run_id, "report")
+    )  # tracking.report=false (the tests' default)
+
+    design = _design(client, parents[0].info.run_id, tmp_path)
+    assert [cell["label"] for cell in design["cells"]] == ["baseline", "dropout=0", "dropout=1.5"]
+    first, second = design["rounds"]
+    decisions = {line["cell"]: line for line in first}
+    assert decisions["baseline"]["decision"] == decisions["dropout=0"]["decision"] == "another seed"
+    assert decisions["baseline"]["halfwidth"] > 0.0001 and decisions["baseline"]["seeds"] == 2
+    assert decisions["dropout=1.5"]["decision"] == STOPPED_FAILED
+    assert {line["decision"] for line in second} <= {
+        "stop: at max_seeds",
+        "stop: narrow enough",
+        STOPPED_FAILED,
+    }
+    assert max(line["seeds"] for line in second) <= 3
