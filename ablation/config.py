@@ -10,6 +10,7 @@ job imports this module before it pins a GPU.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ class TrackingConf:
     experiment: str = "pneumonia-ablation"
     artifact_location: str | None = None
     skip_finished: bool = True
+    resume_across_commits: bool = True
+    heartbeat_timeout_min: float = 30.0
     report: bool = True
 
 
@@ -177,9 +180,26 @@ def _check(ok: bool, key: str, value: object, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's and TensorFlow's seeding accept
+
+
+def unknown_keys(cfg: DictConfig) -> dict[str, list[str]]:
+    """Keys the schema does not know (a misspelt `+dropuot=0.2`), each with the closest known keys."""
+    known = list(flatten(OmegaConf.structured(Config)))
+    given = [key for key in flatten(cfg) if key != "hydra" and not key.startswith("hydra.")]
+    return {key: difflib.get_close_matches(key, known, n=3) for key in given if key not in known}
+
+
 def validate(cfg: DictConfig) -> None:
-    """Refuse any out-of-range value, naming the key, the value and what is allowed."""
+    """Refuse an unknown key or an out-of-range value, naming the key, the value and what is allowed."""
     from ablation.models import min_image_size  # keras import: only once the types passed
+
+    for key, closest in unknown_keys(cfg).items():
+        hint = f"; did you mean {' or '.join(closest)}?" if closest else ""
+        raise ConfigError(f"unknown key {key!r}: the config has no such key{hint} (README: config keys)")
+    _check(
+        SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1], "seed", cfg.seed, f"an int in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]"
+    )
 
     _check(cfg.model.name in MODELS, "model", cfg.model.name, f"one of {', '.join(MODELS)}")
     _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "a float in [0, 1)")

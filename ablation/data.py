@@ -12,13 +12,14 @@ import logging
 import os
 import re
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0 and 1
 LAYOUT = "data.root/{train,test}[/val]/{NORMAL,PNEUMONIA}/*.jpeg"
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are never read
+CACHE_VERSION = 2  # bump when decoding changes, so old caches are never read (2: 16-bit scaling, EXIF orientation)
+FORMATS = ("JPEG", "PNG")  # what chest X-rays come as (Pillow's JPEG opener also takes MPO, a JPEG with extras)
+MAX_PIXELS = 50_000_000  # larger files are skipped with a warning: ~5x the largest Kaggle X-ray, 50 MB decoded
 
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_"),  # person1000_bacteria_2931.jpeg
@@ -36,6 +39,23 @@ _PATIENT_PATTERNS = (
 
 class DataError(ValueError):
     """The data folder does not have the layout or content a run needs."""
+
+
+class CacheError(ValueError):
+    """A decode-cache file that cannot be used as it is: unreadable, or not what its name promises."""
+
+
+def escaped(name: str) -> str:
+    """A file name as text whatever its bytes: one that is not valid UTF-8 as its escaped bytes, b'...'."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes arrive as surrogate escapes (PEP 383)
+        return repr(os.fsencode(name))
+    return name
+
+
+def not_utf8(names) -> list[str]:
+    return [escaped(n) for n in names if escaped(n) != n]
 
 
 def patient_id(filename: str) -> str:
@@ -59,7 +79,14 @@ def scan_split(root: Path, split: str) -> tuple[list[Path], np.ndarray]:
         if not class_dir.is_dir():
             raise DataError(f"missing class folder {class_dir}: expected the layout {LAYOUT}")
         with os.scandir(class_dir) as entries:  # scandir's is_file() needs no stat per file
-            names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
+            entries = [e for e in entries if not e.name.startswith(".")]
+        names = sorted(e.name for e in entries if e.is_file())
+        _report_ignored(class_dir, entries)
+        if bad := not_utf8(names):
+            raise DataError(
+                f"{len(bad)} file name(s) in {class_dir} are not valid UTF-8, which the predictions CSV and MLflow "
+                f"cannot hold: {', '.join(bad[:10])}; rename them (e.g. convmv -f latin1 -t utf8)"
+            )
         files = [class_dir / name for name in names]
         if not files:
             raise DataError(f"empty class folder {class_dir}: expected X-ray images, layout {LAYOUT}")
@@ -68,12 +95,62 @@ def scan_split(root: Path, split: str) -> tuple[list[Path], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 
+def _report_ignored(class_dir: Path, entries: list[os.DirEntry]) -> None:
+    """Name what a class folder holds that is not an image file: nested folders and broken links."""
+    nested = sorted(escaped(e.name) for e in entries if e.is_dir())
+    broken = sorted(escaped(e.name) for e in entries if e.is_symlink() and not os.path.exists(e.path))
+    if nested:
+        log.warning(
+            "ignored %d nested folder(s) in %s (images must sit directly in it): %s",
+            len(nested),
+            class_dir,
+            ", ".join(nested[:10]),
+        )
+    if broken:
+        log.warning("ignored %d broken link(s) in %s: %s", len(broken), class_dir, ", ".join(broken[:10]))
+
+
+def data_digest(root: str | Path) -> str:
+    """Identity of a data folder for resume: every split's files by relative name and size.
+
+    Not their mtimes (the decode cache's key has them): a copy of the same images to another disk or node
+    must not re-run a finished study. A file rewritten to exactly the same size is not noticed.
+    """
+    root = Path(root).resolve()
+    files = []
+    for split in ("train", "val", "test"):
+        if split == "val" and not (root / split).exists():
+            continue
+        paths, _ = scan_split(root, split)
+        files += [[str(p.relative_to(root)), p.stat().st_size] for p in paths]
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+
+
+def _to_gray(image: Image.Image) -> Image.Image:
+    """8-bit grayscale. A 16-bit (or 32-bit integer) image is scaled from its own range to 0-255: a 12-bit
+    detector's 0-4095 stored in 16 bits would otherwise be clipped at 255, almost white."""
+    if image.mode.startswith("I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+    return image.convert("L")
+
+
 def decode_image(path: Path, size: int) -> np.ndarray:
-    """One grayscale `size` x `size` uint8 image from any JPEG or PNG (RGB, CMYK, L, misnamed)."""
-    with Image.open(path) as image:
+    """One grayscale `size` x `size` uint8 image from a JPEG or PNG (RGB, CMYK, L, 16-bit; any name), turned
+    upright by its EXIF orientation. Other formats and images over `MAX_PIXELS` are refused (ValueError)."""
+    try:
+        opened = Image.open(path, formats=FORMATS)  # no other format's parser ever sees the bytes
+    except UnidentifiedImageError:
+        raise ValueError("not a JPEG or PNG file: chest X-rays are read as JPEG or PNG") from None
+    with opened as image:
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(f"{image.width} x {image.height} pixels, over the limit of {MAX_PIXELS:,} (ablation.data)")
         image.draft("L", (size, size))  # lets libjpeg decode large JPEGs at a reduced scale
+        upright = ImageOps.exif_transpose(image)
         # Squashed, not cropped: the 224 px copy was made the same way and the lungs fill the frame.
-        return np.asarray(image.convert("L").resize((size, size), Image.Resampling.LANCZOS))
+        return np.asarray(_to_gray(upright).resize((size, size), Image.Resampling.LANCZOS))
 
 
 @dataclass
@@ -109,34 +186,62 @@ def _decode_all(paths: list[Path], size: int) -> DecodedImages:
     return DecodedImages(images=images, kept=kept, skipped=skipped)
 
 
-def _read_cache(file: Path) -> DecodedImages:
-    with np.load(file, allow_pickle=False) as archive:
-        return DecodedImages(
-            images=archive["images"],
-            kept=archive["kept"],
-            skipped=json.loads(str(archive["skipped"])),
+def _read_cache(file: Path, count: int, size: int) -> DecodedImages:
+    """The cache file's contents, checked against what its name promises (CacheError says what is wrong)."""
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            decoded = DecodedImages(archive["images"], archive["kept"], json.loads(str(archive["skipped"])))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise CacheError(f"unreadable: {type(error).__name__}: {error}") from error
+    images, kept = decoded.images, decoded.kept
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 1):
+        raise CacheError(f"holds {images.dtype} images of shape {images.shape}, not uint8 (n, {size}, {size}, 1)")
+    if kept.dtype != bool or kept.shape != (count,) or int(kept.sum()) != len(images):
+        raise CacheError(
+            f"lists {kept.shape} files with {int(kept.sum())} kept for {len(images)} images; {count} asked"
         )
+    return decoded
+
+
+def _usable_cache(file: Path, count: int, size: int) -> DecodedImages | None:
+    if not file.exists():
+        return None
+    try:
+        return _read_cache(file, count, size)
+    except CacheError as error:
+        log.warning("decode cache %s %s: rebuilding it", file, error)
+        return None
+
+
+def _write_cache(file: Path, decoded: DecodedImages) -> None:
+    """Written to a temporary name, flushed to disk and renamed, so a reader never sees half a file; the
+    temporary file is removed whatever happens."""
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as out:
+            tmp = Path(out.name)
+            np.savez(out, images=decoded.images, kept=decoded.kept, skipped=json.dumps(decoded.skipped))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, file)
+        tmp = None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def load_images(paths: list[Path], size: int, cache_dir: Path) -> DecodedImages:
-    """Decoded pixels for `paths`, from the cache keyed by the file list and size, built on a miss.
-
-    A file lock makes concurrent builders of the same cache wait for the first one, and the cache is
-    written to a temporary name and renamed, so a reader never sees half a file.
-    """
+    """Decoded pixels for `paths`, from the cache keyed by the file list and size, built on a miss or when
+    the file found there is not usable. A file lock makes concurrent builders wait for the first one."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     file = cache_dir / f"{size}px-{_cache_key(paths, size)}.npz"
-    if file.exists():
-        decoded = _read_cache(file)
-    else:
+    decoded = _usable_cache(file, len(paths), size)
+    if decoded is None:
         with FileLock(str(file) + ".lock"):
-            if file.exists():
-                decoded = _read_cache(file)
-            else:
+            decoded = _usable_cache(file, len(paths), size)  # another process may have built it meanwhile
+            if decoded is None:
                 decoded = _decode_all(paths, size)
-                with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as tmp:
-                    np.savez(tmp, images=decoded.images, kept=decoded.kept, skipped=json.dumps(decoded.skipped))
-                os.replace(tmp.name, file)
+                _write_cache(file, decoded)
     for path, reason in decoded.skipped.items():
         log.warning("skipped unreadable image %s (%s)", path, reason)
     return decoded

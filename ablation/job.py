@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 DEVICES_TAG = "ablation.cuda_visible_devices"
 
 
+class RunNotEndedError(RuntimeError):
+    """Training finished but the tracking store did not record it: the job must not count as done."""
+
+
 @dataclass
 class Outcome:
     """How a run ended, and the fields its line in the sweep's jobs file gets."""
@@ -74,15 +78,20 @@ def run_lifecycle(
     raise_failures: bool = True,
     on_end: Callable[[Outcome], None] = lambda outcome: None,
     name: str = "",
+    files: Path | None = None,
 ) -> Iterator[Outcome]:
     """End the run FINISHED, FAILED (error tag, exception logged) or KILLED (Ctrl-C, SIGTERM, a scheduler's exit,
     or such an interrupt that a library's clean-up turned into another error), calling `on_end` first.
 
     An interrupt always propagates (Ctrl-C also ends the sweep's parent run); a failure propagates only with
     `raise_failures` (a sweep's job returns instead, so the other jobs go on). `name` is what the log calls the job.
+    A run the store would not end FINISHED (it went away) does not count as finished: the job fails, naming
+    `files`, the folder that keeps what the run wrote.
     """
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)  # scancel and kill end the run KILLED, like Ctrl-C
+        # scancel, kill and a closed terminal or lost SSH session (SIGHUP) end the run KILLED, like Ctrl-C
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _raise_interrupt)
     outcome = Outcome()
 
     def killed(interrupt: BaseException) -> None:
@@ -109,8 +118,17 @@ def run_lifecycle(
         if raise_failures:
             raise
     else:
+        ended = tracking.end_run(client, run_id, "FINISHED")
+        if ended is not True:
+            kept = f"; its files stay in {files}" if files else ""
+            outcome.status = "FAILED"
+            outcome.error = redact(f"trained, but the store would not end run {run_id} FINISHED ({ended}){kept}")
+            log.error("job failed: %s: %s", name or run_id, outcome.error)
+            on_end(outcome)
+            if raise_failures:
+                raise RunNotEndedError(outcome.error)
+            return
         outcome.status = "FINISHED"
-        tracking.end_run(client, run_id, "FINISHED")
         on_end(outcome)
 
 
@@ -141,6 +159,53 @@ class Job:
         return " ".join(self.task)
 
 
+@dataclass
+class Identity:
+    """What resume matches a FINISHED run on: the training configuration and the images it reads."""
+
+    config: str  # `config.config_hash`
+    data: str | None  # `data.data_digest`; None when the folder cannot be read (the run then fails, saying why)
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> Identity:
+        from ablation.data import DataError, data_digest
+
+        try:
+            data = data_digest(cfg.data.root)
+        except (DataError, OSError):
+            data = None
+        return cls(config_hash(cfg), data)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {tracking.CONFIG_HASH: self.config, **({tracking.DATA_DIGEST: self.data} if self.data else {})}
+
+
+def already_finished(client, experiment_id: str, cfg: DictConfig, identity: Identity, commit: str):
+    """The FINISHED run resume skips this job for, or None. A run trained at another git commit is skipped with a
+    warning, or re-run with `tracking.resume_across_commits=false`."""
+    if not cfg.tracking.skip_finished or identity.data is None:
+        return None
+    done = tracking.finished_run(client, experiment_id, identity.config, identity.data)
+    if done is None:
+        return None
+    then = done.data.tags.get(tracking.GIT_COMMIT, "unknown")
+    if then != commit:
+        if not cfg.tracking.resume_across_commits:
+            log.info(
+                "re-running: run %s is FINISHED but was trained at commit %s, not %s", done.info.run_id, then, commit
+            )
+            return None
+        log.warning(
+            "run %s, FINISHED for this configuration and data, was trained at commit %s; the code is now at %s. "
+            "Skipped all the same; tracking.resume_across_commits=false re-runs such jobs",
+            done.info.run_id,
+            then,
+            commit,
+        )
+    return done
+
+
 def open_store(cfg: DictConfig):
     """The MLflow client and experiment id, with this experiment's dead runs reaped.
 
@@ -151,7 +216,7 @@ def open_store(cfg: DictConfig):
     with FileLock(str(Path(cfg.paths.runs) / "mlflow-init.lock")):
         client = tracking.client(cfg.tracking.uri)
         experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_location)
-        tracking.reap_stale_runs(client, experiment_id)
+        tracking.reap_stale_runs(client, experiment_id, cfg.tracking.heartbeat_timeout_min * 60)
     return client, experiment_id
 
 
@@ -191,19 +256,20 @@ def run_job(cfg: DictConfig) -> dict:
         raise
 
     client, experiment_id = open_store(cfg)
-    digest = config_hash(cfg)
+    identity, commit = Identity.of(cfg), tracking.git_commit(cfg.paths.root)
     monitor = f"kept_{cfg.trainer.monitor}"
-    if cfg.tracking.skip_finished and (done := tracking.finished_run(client, experiment_id, digest)):
+    if done := already_finished(client, experiment_id, cfg, identity, commit):
+        done_id = done.info.run_id
         log.info(
-            "skipped (already FINISHED as run %s): %s; tracking.skip_finished=false re-runs it", done, job.overrides
+            "skipped (already FINISHED as run %s): %s; tracking.skip_finished=false re-runs it", done_id, job.overrides
         )
-        return finish("SKIPPED", run_id=done, **{monitor: tracking.run_metric(client, done, monitor)})
+        return finish("SKIPPED", run_id=done_id, **{monitor: done.data.metrics.get(monitor)})
 
     tags = {
         tracking.ROLE: "job",
-        tracking.CONFIG_HASH: digest,
+        **identity.tags,
         "hydra.overrides": job.overrides,
-        "git_commit": tracking.git_commit(cfg.paths.root),
+        tracking.GIT_COMMIT: commit,
         **tracking.process_tags(),
         **({DEVICES_TAG: visible} if visible is not None else {}),
     }
@@ -216,7 +282,11 @@ def run_job(cfg: DictConfig) -> dict:
     log.info("MLflow run %s (%s) in experiment %r", run_id, job.overrides or "defaults", cfg.tracking.experiment)
 
     end = lambda outcome: finish(outcome.status, outcome.error, **outcome.fields)  # noqa: E731
-    with run_lifecycle(client, run_id, parent, not job.in_sweep, end, job.overrides) as outcome:
+    beat_every = cfg.tracking.heartbeat_timeout_min * 60 / 10
+    with (
+        tracking.heartbeat(client, [run_id, *([parent] if parent else [])], beat_every),
+        run_lifecycle(client, run_id, parent, not job.in_sweep, end, job.overrides, job.out_dir) as outcome,
+    ):
         outcome.fields = _train_and_log(cfg, client, run_id, job.out_dir)
     return entry
 

@@ -118,7 +118,14 @@ def load_run(client: MlflowClient, run_id: str) -> Iterator[LoadedRun]:
 
         import keras  # TensorFlow loads only once the run is known to be usable
 
-        model = keras.models.load_model(local[MODEL_ARTIFACT], safe_mode=True, compile=False)
+        try:
+            model = keras.models.load_model(local[MODEL_ARTIFACT], safe_mode=True, compile=False)
+        except Exception as error:  # safe mode's refusal, a truncated archive (BadZipFile), a missing layer class
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            raise PredictError(
+                f"run {run_id}: its {MODEL_ARTIFACT} cannot be loaded in Keras' safe mode "
+                f"({type(error).__name__}: {reason}); a model of `python -m ablation` holds no code and loads"
+            ) from error
         expected = tuple(model.input_shape[1:3])
         if expected != (size, size):
             raise PredictError(f"run {run_id}: the model takes {expected} images but its config says {size} px")

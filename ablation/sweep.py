@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ablation import devices, tracking  # noqa: F401  (devices: registers the Ray launcher's GPU resolver here)
-from ablation.store import missing_sqlite_store, redact
+from ablation.store import redact
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,6 @@ def record_design(sweep_dir: Path, record: dict) -> None:
             log.warning(
                 "design record not logged to run %s: %s (kept in %s)", parent["run_id"], redact(str(error)), path
             )
-
-
-def finished_in_store(uri: str, experiment: str, digest: str) -> str | None:
-    """The FINISHED run resume would skip a job for, looked up without creating a store or an experiment."""
-    if missing_sqlite_store(uri) is not None:
-        return None
-    client = tracking.client(uri)
-    found = client.get_experiment_by_name(experiment)
-    return tracking.finished_run(client, found.experiment_id, digest) if found else None
 
 
 def append_job(sweep_dir: Path, entry: dict) -> None:

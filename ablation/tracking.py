@@ -12,11 +12,13 @@ import logging
 import os
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
@@ -27,7 +29,10 @@ log = logging.getLogger(__name__)
 
 ROLE = "ablation.role"  # "sweep" on a parent run, "job" on a child run
 CONFIG_HASH = "ablation.config_hash"
+DATA_DIGEST = "ablation.data_digest"  # with the config hash, what resume matches (ablation.data.data_digest)
+GIT_COMMIT = "git_commit"
 HOST, PID = "ablation.host", "ablation.pid"
+HEARTBEAT = "ablation.heartbeat"  # unix seconds, refreshed while a run is alive (`heartbeat`)
 PARENT = "mlflow.parentRunId"
 
 # A tracking server that went away fails the job after about 30 s of retries (after 0, 2, 4, 8, 16 s; 30 s to
@@ -86,26 +91,60 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def reap_stale_runs(mlflow_client: mlflow.MlflowClient, experiment_id: str) -> list[str]:
-    """End as KILLED every RUNNING run of this host whose process is gone (kill -9, OOM killer)."""
-    reaped = []
+def _stale_because(run: Run, timeout_s: float, now: float) -> str | None:
+    tags = run.data.tags
+    beat = float(tags.get(HEARTBEAT) or run.info.start_time / 1000)  # a run of older code: its start
+    if now - beat > timeout_s:
+        return (
+            f"no heartbeat for {(now - beat) / 60:.0f} min (tracking.heartbeat_timeout_min={timeout_s / 60:g}) "
+            f"from process {tags.get(PID)} on {tags.get(HOST)}"
+        )
+    if tags.get(HOST) == socket.gethostname() and not _pid_alive(int(tags.get(PID, "0") or 0)):
+        return f"process {tags.get(PID)} died while the run was RUNNING"
+    return None
+
+
+def reap_stale_runs(mlflow_client: mlflow.MlflowClient, experiment_id: str, timeout_s: float) -> list[str]:
+    """End as KILLED every RUNNING run whose heartbeat is older than `timeout_s` (from any host: a restarted
+    container, another SLURM node, a reused pid), or of this host whose process is gone (kill -9, OOM killer)."""
+    reaped, now = [], time.time()
     for run in mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        if tags.get(HOST) != socket.gethostname() or _pid_alive(int(tags.get(PID, "0") or 0)):
+        reason = _stale_because(run, timeout_s, now)
+        if reason is None:
             continue
-        mlflow_client.set_tag(run.info.run_id, "error", f"process {tags.get(PID)} died while the run was RUNNING")
+        mlflow_client.set_tag(run.info.run_id, "error", reason)
         mlflow_client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         reaped.append(run.info.run_id)
-        log.warning("marked stale run %s KILLED: its process %s is gone", run.info.run_id, tags.get(PID))
+        log.warning("marked stale run %s KILLED: %s", run.info.run_id, reason)
     return reaped
 
 
-def finished_run(mlflow_client: mlflow.MlflowClient, experiment_id: str, digest: str) -> str | None:
-    """The id of a FINISHED run with this training configuration, if any."""
-    runs = mlflow_client.search_runs(
-        [experiment_id], f"tags.`{CONFIG_HASH}` = '{digest}' and attributes.status = 'FINISHED'", max_results=1
-    )
-    return runs[0].info.run_id if runs else None
+@contextlib.contextmanager
+def heartbeat(mlflow_client: mlflow.MlflowClient, run_ids: list[str], every_s: float) -> Iterator[None]:
+    """Refresh the runs' heartbeat tag every `every_s` from a background thread while the block runs, so that a
+    reaper anywhere can tell a live run from one whose process is gone, however long an epoch takes."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            for run_id in run_ids:
+                with contextlib.suppress(Exception):  # a store that went away: the job's own calls will say so
+                    mlflow_client.set_tag(run_id, HEARTBEAT, str(int(time.time())))
+
+    thread = threading.Thread(target=beat, name="mlflow-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def finished_run(mlflow_client: mlflow.MlflowClient, experiment_id: str, config: str, data: str) -> Run | None:
+    """A FINISHED run of this training configuration on these images, if any (the newest)."""
+    where = f"tags.`{CONFIG_HASH}` = '{config}' and tags.`{DATA_DIGEST}` = '{data}' and attributes.status = 'FINISHED'"
+    runs = mlflow_client.search_runs([experiment_id], where, max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
 
 
 def process_tags() -> dict[str, str]:
@@ -114,6 +153,7 @@ def process_tags() -> dict[str, str]:
 
 def create_run(mlflow_client: mlflow.MlflowClient, experiment_id: str, name: str, tags: dict[str, str]) -> str:
     # A run name over 250 characters fails on PostgreSQL (VARCHAR(250)).
+    tags = {**tags, HEARTBEAT: str(int(time.time()))}
     return mlflow_client.create_run(experiment_id, run_name=name[:250], tags=tags).info.run_id
 
 
@@ -136,13 +176,15 @@ def log_outputs(mlflow_client: mlflow.MlflowClient, run_id: str, metrics: dict[s
     mlflow_client.log_artifacts(run_id, str(folder))
 
 
-def run_metric(mlflow_client: mlflow.MlflowClient, run_id: str, key: str) -> float | None:
-    return mlflow_client.get_run(run_id).data.metrics.get(key)
-
-
-def end_run(mlflow_client: mlflow.MlflowClient, run_id: str, status: str, error: str | None = None) -> None:
-    """Terminate a run; never raises, so the error that ended it is the one the user sees."""
+def end_run(mlflow_client: mlflow.MlflowClient, run_id: str, status: str, error: str | None = None) -> bool | str:
+    """Terminate a run: True, or why it could not. Never raises, so the error that ended it is the one the user
+    sees."""
     with contextlib.suppress(Exception):
         if error:
             mlflow_client.set_tag(run_id, "error", error[:5000])
+    try:
         mlflow_client.set_terminated(run_id, status)
+    except Exception as failure:
+        first = (str(failure).strip().splitlines() or [""])[0]  # SQLAlchemy appends the statement
+        return redact(f"{type(failure).__name__}: {first[:300]}")
+    return True

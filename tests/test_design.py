@@ -119,3 +119,16 @@ def test_the_sweeper_names_an_unknown_design():
 
     with pytest.raises(DesignError, match="design='factorial'.*grid, loco, one_at_a_time"):
         StudySweeper(design="factorial")
+
+
+def test_a_report_that_fails_is_printed_and_never_fails_the_sweep(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from ablation import sweep
+
+    config = OmegaConf.create({"paths": {"runs": str(tmp_path)}})
+    parent = {"run_id": "0123abcd", "tracking_uri": f"sqlite:///{tmp_path}/missing/mlflow.db"}
+    sweep.report(config, parent)  # no store there: the report cannot be built
+    printed = capsys.readouterr().out
+    assert "Report not built (AnalysisError: no MLflow store at" in printed
+    assert "python -m analysis report --sweep 0123abcd" in printed

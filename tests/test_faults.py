@@ -171,7 +171,7 @@ def test_a_killed_joblib_worker_does_not_lose_the_other_jobs_records(killed_and_
     killed = client.get_run(victim)
     assert killed.info.status == "RUNNING" and len(client.get_metric_history(victim, "loss")) >= 1
     # What the next invocation does first: the dead worker's run and the dead launcher's parent end KILLED.
-    assert set(tracking.reap_stale_runs(client, rerun.info.experiment_id)) == {victim, parent.info.run_id}
+    assert set(tracking.reap_stale_runs(client, rerun.info.experiment_id, 1800)) == {victim, parent.info.run_id}
     assert client.get_run(victim).info.status == "KILLED"
 
 
@@ -179,9 +179,10 @@ def test_a_killed_joblib_worker_does_not_lose_the_other_jobs_records(killed_and_
 
 
 @pytest.mark.slow
-def test_sigterm_and_ctrl_c_end_the_run_killed_with_the_reason(request, tmp_path, cache_dir):
+def test_sigterm_sighup_and_ctrl_c_end_the_run_killed_with_the_reason(request, tmp_path, cache_dir):
     procs = {}
-    for name, mode in (("sigterm", ["-m"]), ("sigint", [])):  # SIGTERM in a sweep, Ctrl-C in a single run
+    # SIGTERM in a sweep; Ctrl-C and a closed terminal or lost SSH session (SIGHUP) in a single run
+    for name, mode in (("sigterm", ["-m"]), ("sigint", []), ("sighup", [])):
         # Far more epochs than either reaches before its signal: a loaded machine starts one process much later.
         runs = tmp_path / name
         args = [*mode, "epochs=5000", f"tracking.experiment={name}", *TINY]
@@ -195,12 +196,15 @@ def test_sigterm_and_ctrl_c_end_the_run_killed_with_the_reason(request, tmp_path
         wait_for(lambda db=db: [r for r in job_runs(db) if r["losses"] >= 1], 400, f"{name}: an epoch", proc=proc)
     kill_group(procs["sigterm"][0], signal.SIGTERM)  # what scancel and `kill` send
     kill_group(procs["sigint"][0], signal.SIGINT)  # what Ctrl-C sends the foreground process group
+    kill_group(procs["sighup"][0], signal.SIGHUP)  # what a closing terminal sends its session
     for name, (proc, runs) in procs.items():
         output = finish(proc, tmp_path / f"{name}.log", 90)
         assert proc.returncode != 0, output[-3000:]
         client, parents, [child] = runs_by_role(f"sqlite:///{runs}/mlflow.db", name)
         assert child.info.status == "KILLED"
-        reason = "interrupted (signal SIGTERM)" if name == "sigterm" else "interrupted (Ctrl-C)"
+        reason = {"sigterm": "interrupted (signal SIGTERM)", "sighup": "interrupted (signal SIGHUP)"}.get(
+            name, "interrupted (Ctrl-C)"
+        )
         assert child.data.tags["error"] == reason
         assert len(client.get_metric_history(child.info.run_id, "loss")) >= 1
         if name == "sigterm":  # the sweep's parent ends with it, and the job is in the sweep's record
@@ -348,7 +352,7 @@ def test_tracking_server_going_away_fails_the_run_loudly_within_a_bound(request,
     assert stale.data.params["tracking.uri"] == url.replace("http://", "http://bob:***@")
     assert "hunter2-pw" not in json.dumps([stale.data.params, stale.data.tags, stale.info.run_name])
     # Once the server is back, the next invocation on this host finds the dead pid and marks the run KILLED.
-    assert tracking.reap_stale_runs(direct, stale.info.experiment_id) == [stale.info.run_id]
+    assert tracking.reap_stale_runs(direct, stale.info.experiment_id, 1800) == [stale.info.run_id]
     assert direct.get_run(stale.info.run_id).info.status == "KILLED"
 
 

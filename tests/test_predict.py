@@ -299,3 +299,31 @@ def test_stretch_cli_names_a_missing_run_or_store(trained, tmp_path, capsys):
     assert main(["--run-id", trained.run_id, "--tracking-uri", f"sqlite:///{missing}"]) == 2
     assert f"no MLflow store at {missing}" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_a_model_safe_mode_refuses_or_a_truncated_one_exits_2_naming_the_reason(trained, tmp_path, capsys):
+    """No traceback and no misleading "file not found": the run, the file and why it cannot be loaded."""
+    import keras
+
+    client = mlflow.MlflowClient(trained.uri)
+    config = client.download_artifacts(trained.run_id, predict.CONFIG_ARTIFACT, str(tmp_path))
+    saved = Path(client.download_artifacts(trained.run_id, predict.MODEL_ARTIFACT, str(tmp_path / "saved")))
+    inputs = keras.Input((32, 32, 1))
+    with_code = tmp_path / "lambda" / "model.keras"  # a Lambda layer: Python code that safe mode will not run
+    with_code.parent.mkdir()
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs)).save(with_code)
+    truncated = tmp_path / "truncated" / "model.keras"
+    truncated.parent.mkdir()
+    truncated.write_bytes(saved.read_bytes()[:4000])
+    experiment = client.create_experiment("broken-models")
+    image = str(sorted((DATA_ROOT / "test" / "NORMAL").iterdir())[0])
+    for model_file, why in ((with_code, "Lambda"), (truncated, "")):
+        run_id = client.create_run(experiment, run_name=model_file.parent.name).info.run_id
+        client.log_artifact(run_id, config)
+        client.log_artifact(run_id, str(model_file), "model")
+        client.set_terminated(run_id)
+        out = str(tmp_path / "p.csv")
+        assert predict.main(["--run-id", run_id, "--tracking-uri", trained.uri, "--out", out, image]) == 2
+        err = capsys.readouterr().err
+        assert f"run {run_id}: its model/model.keras cannot be loaded in Keras' safe mode" in err, err
+        assert why in err and "Traceback" not in err

@@ -21,8 +21,10 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ablation import design, sweep, tracking
-from ablation.config import ConfigError, config_hash, validate
+from ablation.config import ConfigError, validate
 from ablation.design import AutoSeeds, Cell, Design, DesignError, Sweep
+from ablation.job import Identity, already_finished
+from ablation.store import missing_sqlite_store
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +196,22 @@ class StudySweeper(Sweeper):
             validate(cfg)
         except ConfigError as error:
             return f"REFUSED: {error}"
-        if not cfg.tracking.skip_finished:
-            return "to run"
-        done = sweep.finished_in_store(cfg.tracking.uri, cfg.tracking.experiment, config_hash(cfg))
+        done = _finished_in_store(cfg)
         return f"FINISHED ({done})" if done else "to run"
+
+
+def _finished_in_store(cfg: DictConfig) -> str | None:
+    """The run resume would skip a job for (`ablation.job.already_finished`), looked up without creating a store,
+    an experiment or a run."""
+    if missing_sqlite_store(cfg.tracking.uri) is not None:
+        return None
+    client = tracking.client(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        return None
+    commit = tracking.git_commit(cfg.paths.root)
+    done = already_finished(client, experiment.experiment_id, cfg, Identity.of(cfg), commit)
+    return done.info.run_id if done else None
 
 
 def _plain(node: Any) -> Any:
