@@ -36,13 +36,14 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ablation.data import CLASSES, decode_image  # noqa: E402
+from ablation.data import CLASSES, decode_image, escaped  # noqa: E402
 from ablation.metrics import sigmoid  # noqa: E402
 from ablation.store import default_tracking_uri, missing_sqlite_store, redact  # noqa: E402
 from ablation.tracking import ROLE  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 MODEL_ARTIFACT = "model/model.keras"
+NOT_UTF8 = "its name is not valid UTF-8, which the CSV cannot hold: rename it (e.g. convmv -f latin1 -t utf8)"
 CONFIG_ARTIFACT = "config.yaml"
 DEFAULT_THRESHOLD = 0.5
 CHUNK = 256  # images decoded and predicted at a time: memory stays flat on big folders
@@ -143,6 +144,9 @@ def find_images(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], d
     found: list[tuple[Path, Path]] = []
     problems: dict[str, str] = {}
     for arg in map(Path, paths):
+        if escaped(str(arg)) != str(arg):
+            problems[escaped(str(arg))] = NOT_UTF8
+            continue
         if arg.is_file():
             found.append((arg, Path(arg.name)))
         elif arg.is_dir():
@@ -153,6 +157,8 @@ def find_images(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], d
                 and p.is_file()
                 and not any(part.startswith(".") for part in p.relative_to(arg).parts)
             )
+            problems |= {escaped(str(p)): NOT_UTF8 for p in files if escaped(str(p)) != str(p)}
+            files = [p for p in files if escaped(str(p)) == str(p)]
             if not files:
                 problems[str(arg)] = f"no {'/'.join(IMAGE_SUFFIXES)} files in this folder"
             found += [(p, p.relative_to(arg)) for p in files]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA_ROOT, PROJECT
+from conftest import DATA_ROOT, PROJECT, copy_images
 from mlflow.entities import RunStatus
 from PIL import Image
 from processes import run_ablation, run_module
@@ -327,3 +328,15 @@ def test_a_model_safe_mode_refuses_or_a_truncated_one_exits_2_naming_the_reason(
         err = capsys.readouterr().err
         assert f"run {run_id}: its model/model.keras cannot be loaded in Keras' safe mode" in err, err
         assert why in err and "Traceback" not in err
+
+
+def test_an_image_whose_name_is_not_utf8_is_named_and_the_others_predicted(trained, tmp_path, capsys):
+    folder = tmp_path / "images"
+    [good] = copy_images(DATA_ROOT / "test" / "NORMAL", folder, 1)
+    shutil.copy(good, os.fsencode(folder) + b"/caf\xe9.jpeg")  # Latin-1 bytes: not valid UTF-8
+    out = tmp_path / "p.csv"
+    args = ["--run-id", trained.run_id, "--tracking-uri", trained.uri, "--out", str(out), str(folder)]
+    assert predict.main(args) == 1  # some failed; the CSV holds the others
+    err = capsys.readouterr().err
+    assert "failed: " in err and "caf\\xe9.jpeg" in err and "not valid UTF-8" in err
+    assert [Path(row["file"]).name for row in _read_csv(out)] == [good.name]
