@@ -7,7 +7,6 @@ adds the design record (`design.json` in the sweep folder and on the parent run)
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ from ablation.config import ConfigError, validate
 from ablation.design import AutoSeeds, Cell, Design, DesignError, Sweep
 from ablation.job import Identity, already_finished
 from ablation.store import missing_sqlite_store
-
-log = logging.getLogger(__name__)
 
 
 class StudySweeper(Sweeper):
