@@ -109,8 +109,9 @@ def _decided(main: pd.DataFrame) -> pd.Series:
     return matters(main["diff_ci_low"], main["diff_ci_high"], main["p_value"])
 
 
-def _summary(factors, table, main, baseline) -> list[str]:
-    """The answer first: best configuration, then which factors matter, by Holm-adjusted p-values."""
+def _summary(factors, table, main, baseline, designed: list[str] | None = None) -> list[str]:
+    """The answer first: best configuration, then which factors matter, by Holm-adjusted p-values; in a designed
+    study (`designed`: its lines), the design's own comparisons instead of main effects."""
     best = table.loc[top_index(table["test_auc_mean"])]
     key = tuple(best[factors].astype(str))
     ci = {m: _ci(best[f"{m}_mean"], best[f"{m}_boot_low"], best[f"{m}_boot_high"]) for m in KEY_METRICS}
@@ -122,6 +123,23 @@ def _summary(factors, table, main, baseline) -> list[str]:
     if not factors:
         lines.append("No param varies across the finished runs: one configuration, nothing to compare.")
         return lines
+    if designed:
+        lines += designed
+    else:
+        lines += _main_effect_lines(main)
+    if table["n"].min() < 3:
+        lines.append(
+            f"Few seeds (n = {int(table['n'].min())} in some configuration): the bootstrap's seed level can only "
+            "redraw those seeds and understates seed-to-seed noise; the seed-only t-tests in the tables are the "
+            "conservative reading, and 'How sure' says how many seeds a claim needs."
+        )
+    lines.append(f"Baseline for the effects table: **{label(baseline, factors)}** ({BASELINE_RULE}).")
+    return lines
+
+
+def _main_effect_lines(main: pd.DataFrame) -> list[str]:
+    """Which factors matter by their main effects, then each level's comparison on the key metrics."""
+    lines = []
     shown = main[main["metric"].isin(KEY_METRICS) & (main["test"] != "reference")]
     decided = _decided(shown)
     real = shown[decided]
@@ -143,13 +161,6 @@ def _summary(factors, table, main, baseline) -> list[str]:
             p = _p(r["p_holm"], "p_holm ") if booted else _p(r["p_value"], "p ")
             bits.append(f"{NAMES[r['metric']]} {_ci(r['diff'], low, high, sign=True)}, {p}{' ✔' if decided[i] else ''}")
         lines.append(f"{f} = {level} vs {g['reference'].iloc[0]} ({int(g['pairs'].iloc[0])} pairs): " + "; ".join(bits))
-    if table["n"].min() < 3:
-        lines.append(
-            f"Few seeds (n = {int(table['n'].min())} in some configuration): the bootstrap's seed level can only "
-            "redraw those seeds and understates seed-to-seed noise; the seed-only t-tests in the tables are the "
-            "conservative reading, and 'How sure' says how many seeds a claim needs."
-        )
-    lines.append(f"Baseline for the effects table: **{label(baseline, factors)}** ({BASELINE_RULE}).")
     return lines
 
 
@@ -230,11 +241,17 @@ def _designed_rows(tables: Tables) -> pd.DataFrame:
 
 def _designed_line(row: pd.Series) -> str:
     interval = _both(*row[["diff", "boot_low", "boot_high", "ci_low", "ci_high"]], sign=True)
-    return f"{_cell_name(row['cell'])}: test ROC AUC {interval} ({_p(row['p_holm'], 'p_holm ')}, n = {int(row['n'])})"
+    mark = " ✔" if row["p_holm"] < 0.05 else ""
+    p = _p(row["p_holm"], "p_holm ")
+    return f"{_cell_name(row['cell'])}: test ROC AUC {interval} ({p}, n = {int(row['n'])}){mark}"
+
+
+def _is_designed(tables: Tables) -> bool:
+    return tables.designed is not None and tables.design in DESIGNS
 
 
 def _design_blocks(tables: Tables) -> list:
-    if tables.designed is None or tables.design not in DESIGNS:
+    if not _is_designed(tables):
         return []
     title, intro = DESIGNS[tables.design]
     eff, order = tables.designed, list(_designed_rows(tables)["cell"])
@@ -246,16 +263,23 @@ def _design_blocks(tables: Tables) -> list:
             for r in rows.itertuples()
         ]
     shown["n"] = list(eff[eff["metric"] == KEY_METRICS[0]].set_index("cell").loc[order, "n"])
+    note = (
+        " Intervals: bootstrap over seeds and test images; Holm per metric over these comparisons (✔: p_holm < "
+        "0.05). They are the design's answer, so the report shows no main effects: in this design each factor's "
+        "other level exists only in its own cell, and pooling would repeat these comparisons with other "
+        "resamples (`main_effects.csv` and `effects_table.csv` still hold them)."
+    )
     return [
         ("h2", title),
-        ("p", intro + " Intervals: bootstrap over seeds and test images; Holm per metric."),
+        ("p", intro + note),
         ("table", shown),
+        ("img", "effects.png", "Forest plot of each cell versus the baseline"),
     ]
 
 
 def headline(tables: Tables) -> str:
     """The report's answer in one line: what a designed study found, else the best configuration."""
-    if tables.designed is not None and tables.design in DESIGNS and len(tables.designed):
+    if _is_designed(tables) and len(tables.designed):
         rows = _designed_rows(tables)
         first = rows.iloc[0] if tables.design == "loco" else rows.loc[rows["diff"].abs().idxmax()]
         return f"{DESIGNS[tables.design][0]}: " + _designed_line(first)
@@ -446,9 +470,9 @@ def _method(aliases: dict[str, list[str]], replicates: int) -> list[str]:
     ]
 
 
-def _design_summary(tables: Tables) -> list[str]:
-    if tables.designed is None or tables.design not in DESIGNS:
-        return []
+def _design_summary(tables: Tables) -> list[str] | None:
+    if not _is_designed(tables):
+        return None
     lines = [_designed_line(r) for _, r in _designed_rows(tables).iterrows()]
     return [f"**{DESIGNS[tables.design][0]}** (versus the baseline): " + "; ".join(lines) + "."]
 
@@ -465,7 +489,7 @@ def _overview_blocks(study: Study, tables: Tables) -> list:
             f"configurations, {len(tables.failed)} failed/killed run(s) excluded. Tracking URI "
             f"`{redact(study.tracking_uri)}`; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         ),
-        ("lead", _summary(factors, table, tables.main, tables.baseline) + _design_summary(tables)),
+        ("lead", _summary(factors, table, tables.main, tables.baseline, _design_summary(tables))),
         ("h2", "Ablation table"),
         (
             "p",
@@ -484,6 +508,8 @@ def _overview_blocks(study: Study, tables: Tables) -> list:
 def _effect_blocks(tables: Tables) -> list:
     """Main effects (when anything varies) and effects versus the baseline (when there is a second config)."""
     factors, blocks = tables.factors, []
+    if _is_designed(tables):
+        return blocks  # the design's own comparisons (`_design_blocks`) stand in for both
     if factors:
         blocks += [
             ("h2", "Main effects"),
