@@ -316,7 +316,7 @@ def test_a_model_safe_mode_refuses_or_a_truncated_one_exits_2_naming_the_reason(
     truncated = tmp_path / "truncated" / "model.keras"
     truncated.parent.mkdir()
     truncated.write_bytes(saved.read_bytes()[:4000])
-    experiment = client.create_experiment("broken-models")
+    experiment = client.create_experiment("broken-models", artifact_location=(tmp_path / "artifacts").as_uri())
     image = str(sorted((DATA_ROOT / "test" / "NORMAL").iterdir())[0])
     for model_file, why in ((with_code, "Lambda"), (truncated, "")):
         run_id = client.create_run(experiment, run_name=model_file.parent.name).info.run_id
