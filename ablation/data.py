@@ -55,7 +55,7 @@ def escaped(name: str) -> str:
 
 
 def not_utf8(names) -> list[str]:
-    return [escaped(n) for n in names if escaped(n) != n]
+    return [shown for name in names if (shown := escaped(name)) != name]
 
 
 def patient_id(filename: str) -> str:

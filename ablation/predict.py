@@ -36,7 +36,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ablation.data import CLASSES, decode_image, escaped  # noqa: E402
+from ablation.data import CLASSES, decode_image, escaped, not_utf8  # noqa: E402
 from ablation.metrics import sigmoid  # noqa: E402
 from ablation.store import default_tracking_uri, missing_sqlite_store, redact  # noqa: E402
 from ablation.tracking import ROLE  # noqa: E402
@@ -157,8 +157,9 @@ def find_images(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], d
                 and p.is_file()
                 and not any(part.startswith(".") for part in p.relative_to(arg).parts)
             )
-            problems |= {escaped(str(p)): NOT_UTF8 for p in files if escaped(str(p)) != str(p)}
-            files = [p for p in files if escaped(str(p)) == str(p)]
+            bad = not_utf8(str(p) for p in files)
+            problems |= dict.fromkeys(bad, NOT_UTF8)
+            files = [p for p in files if escaped(str(p)) == str(p)] if bad else files
             if not files:
                 problems[str(arg)] = f"no {'/'.join(IMAGE_SUFFIXES)} files in this folder"
             found += [(p, p.relative_to(arg)) for p in files]
