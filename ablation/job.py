@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ablation import devices, sweep, tracking
+from ablation import devices, interrupts, sweep, tracking
 from ablation.config import ConfigError, config_hash, validate
 from ablation.store import redact
 
@@ -42,10 +40,6 @@ class Outcome:
     status: str = "RUNNING"
     error: str | None = None
     fields: dict = field(default_factory=dict)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def _interrupt_behind(error: BaseException) -> BaseException | None:
@@ -88,10 +82,6 @@ def run_lifecycle(
     A run the store would not end FINISHED (it went away) does not count as finished: the job fails, naming
     `files`, the folder that keeps what the run wrote.
     """
-    if threading.current_thread() is threading.main_thread():
-        # scancel, kill and a closed terminal or lost SSH session (SIGHUP) end the run KILLED, like Ctrl-C
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, _raise_interrupt)
     outcome = Outcome()
 
     def killed(interrupt: BaseException) -> None:
@@ -104,10 +94,12 @@ def run_lifecycle(
     try:
         yield outcome
     except (KeyboardInterrupt, SystemExit) as interrupt:
+        interrupts.take()
         killed(interrupt)
         raise
     except Exception as error:
-        interrupt = _interrupt_behind(error)
+        held = interrupts.take()  # a signal came during a store call that then failed
+        interrupt = _interrupt_behind(error) or held
         if interrupt is not None:
             killed(interrupt)
             raise interrupt from error
@@ -246,6 +238,7 @@ def run_job(cfg: DictConfig) -> dict:
         return entry
 
     visible = devices.pin_gpu(job.num)  # first: a framework reads CUDA_VISIBLE_DEVICES once, when it starts
+    interrupts.install()  # scancel, kill and a closed terminal end the run KILLED, like Ctrl-C
     try:
         validate(cfg)
     except ConfigError as error:

@@ -8,6 +8,7 @@ processes (joblib, Ray, SLURM) attach to the same sweep parent (`ablation.sweep`
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
+from ablation import interrupts
 from ablation.config import flatten
 from ablation.store import redact
 
@@ -45,11 +47,31 @@ HTTP_DEFAULTS = {
 }
 
 
-def client(uri: str) -> mlflow.MlflowClient:
+class HeldClient:
+    """An `MlflowClient` whose calls a signal never interrupts midway: its interrupt waits for the call to return
+    (`ablation.interrupts`), so it cannot leave the store locked or a write half done."""
+
+    def __init__(self, inner: mlflow.MlflowClient):
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def held_call(*args, **kwargs):
+            with interrupts.held():
+                return attr(*args, **kwargs)
+
+        return held_call
+
+
+def client(uri: str) -> HeldClient:
     if uri.startswith(("http://", "https://")):
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
-    return mlflow.MlflowClient(tracking_uri=uri)
+    return HeldClient(mlflow.MlflowClient(tracking_uri=uri))
 
 
 def run_params(cfg: DictConfig) -> dict[str, str]:

@@ -19,7 +19,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 from tensorflow.python.framework import config as tf_config  # disable_op_determinism has no public alias
 
-from ablation import pipeline
+from ablation import interrupts, pipeline
 from ablation.config import MONITORS, AugmentOn, Schedule
 from ablation.data import ChestXray, load_data
 from ablation.metrics import binary_metrics, sigmoid, youden_threshold
@@ -116,6 +116,15 @@ class EpochLogger(keras.callbacks.Callback):
         self.record(epoch + 1, {**(logs or {}), "learning_rate": float(keras.ops.convert_to_numpy(lr))})
 
 
+class RaiseSwallowedInterrupt(keras.callbacks.Callback):
+    """At each batch's end, raise a Ctrl-C or SIGTERM whose interrupt a finalizer swallowed (`ablation.interrupts`)."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        interrupts.raise_pending()
+
+    on_test_batch_end = on_predict_batch_end = on_train_batch_end
+
+
 def predict_probabilities(model: keras.Model, ds: tf.data.Dataset) -> np.ndarray:
     return sigmoid(model.predict(ds, verbose=0).ravel())
 
@@ -149,7 +158,7 @@ def _fit(
         epochs=cfg.epochs,
         class_weight=data.class_weights(cfg.class_weighting.name),
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=[keras.callbacks.TerminateOnNaN(), *average, best, *callbacks],
+        callbacks=[keras.callbacks.TerminateOnNaN(), RaiseSwallowedInterrupt(), *average, best, *callbacks],
         verbose=cfg.trainer.verbose,
     )
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}

@@ -1,0 +1,67 @@
+"""Ctrl-C, SIGTERM (scancel, kill) and SIGHUP (a closed terminal or lost SSH session) as KeyboardInterrupt, held
+while the main thread is inside a tracking-store call.
+
+Python raises a signal handler's exception wherever the main thread happens to be. Inside SQLAlchemy it can leak
+a connection that keeps SQLite's write lock, so every later write, the run's own end included, fails with
+"database is locked" and the run stays RUNNING; inside a finalizer it is swallowed ("Exception ignored in ...")
+and training goes on. So a signal that arrives during a store call (`held`) is raised when the call returns, one
+a finalizer swallowed is raised again at the next batch (`raise_pending`), and a second signal is raised at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_held = 0  # depth of held calls in the main thread (signal handlers run only there)
+_pending: KeyboardInterrupt | None = None  # asked for by a signal, not yet taken by the run's end
+
+
+def _on_signal(signum: int, frame) -> None:
+    global _pending
+    again = _pending is not None
+    # Ctrl-C's interrupt has no text, as from Python's own handler
+    text = () if signum == signal.SIGINT else (f"signal {signal.Signals(signum).name}",)
+    _pending = KeyboardInterrupt(*text)
+    if _held == 0 or again:
+        raise _pending
+
+
+def install() -> None:
+    """Take SIGTERM, SIGHUP and Ctrl-C; from the main thread only. SIGINT only where Python's own handler has it:
+    a command started in the background (`cmd &`) ignores Ctrl-C and goes on ignoring it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        if signum != signal.SIGINT or signal.getsignal(signum) in (signal.default_int_handler, _on_signal):
+            signal.signal(signum, _on_signal)
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Hold a signal's interrupt until the block ends; it is raised then, unless the block raised."""
+    global _held
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+    raise_pending()
+
+
+def raise_pending() -> None:
+    """Raise the interrupt a signal asked for, if nothing has taken it yet and no store call is in progress."""
+    if _pending is not None and _held == 0:
+        raise _pending
+
+
+def take() -> KeyboardInterrupt | None:
+    """The interrupt a signal asked for, if any, now handled (the run ends KILLED with it)."""
+    global _pending
+    interrupt, _pending = _pending, None
+    return interrupt
