@@ -1,6 +1,7 @@
 """`python -m ablation [KEY=VALUE ...]` trains one run; `python -m ablation -m ...` runs a sweep."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides the progress lines
 # paths.root: known before Hydra composes, so hydra.run.dir and hydra.sweep.dir can live under runs/.
@@ -12,9 +13,11 @@ from omegaconf import DictConfig  # noqa: E402
 from ablation.config import register  # noqa: E402
 
 register()
+# An absolute path: from an installed command (`ablation`), Hydra would resolve a relative one as a Python package.
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def main(cfg: DictConfig) -> float:
     """One job; returns the kept epoch's validation metric (`trainer.monitor`, never a test metric), so that an
     optimising sweeper (Optuna) can drive a sweep. Imports no framework: the job pins its GPU first."""

@@ -2,7 +2,8 @@
 uploaded to MLflow once by `tracking.log_outputs` (same names in the folder and in the run).
 
     config.yaml  data_record.json  model_summary.txt  test_predictions.csv  val_predictions.csv
-    learning_curves.png  confusion_matrix.png  roc_curve.png  gradcam_panel.png  model/model.keras
+    learning_curves.png  confusion_matrix.png  roc_curve.png  gradcam_panel.png
+    model/  the MLflow model (MLmodel, data/model.keras, signature, input example: `save_model`)
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import io
 import json
 from pathlib import Path
 
+import keras
+import numpy as np
 import pandas as pd
+import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from ablation import explain, figures
+from ablation import explain, figures, models
 from ablation.store import redact
+from ablation.tracking import MODEL
 from ablation.train import TrainResult
 
 
@@ -60,6 +65,26 @@ def write(cfg: DictConfig, result: TrainResult, folder: Path) -> dict[str, float
     explain.gradcam_panel(
         result.model, result.data.test.images, labels, probs, result.threshold, folder / "gradcam_panel.png"
     )
-    (folder / "model").mkdir(exist_ok=True)
-    result.model.save(folder / "model" / "model.keras")
+    save_model(result.model, folder / MODEL, result.data.test.images[:1])
     return once_metrics(cfg, result, record)
+
+
+def save_model(network: keras.Model, path: Path, example_images: np.ndarray) -> None:
+    """The kept network as an MLflow model (Keras flavor) that gives the pneumonia probability:
+    `mlflow.pyfunc.load_model(...).predict(images)` and predict load it, in Keras' safe mode. Its signature and
+    input example (the first test image) say what it takes: raw pixels, (n, size, size, channels) float32."""
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    model = models.with_probability(network)
+    example = example_images.astype(np.float32)
+    example = np.repeat(example, network.input_shape[-1], axis=-1) if example.shape[-1] == 1 else example
+    path.mkdir(parents=True)  # MLflow writes the example before it makes the folder
+    mlflow.keras.save_model(
+        model,
+        str(path),
+        signature=infer_signature(example, model.predict(example, verbose=0)),
+        input_example=example,
+        # Given, not inferred: inferring loads the model again in a subprocess, seconds per run.
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+    )

@@ -115,6 +115,8 @@ class TrackingConf:
     resume_across_commits: bool = True
     heartbeat_timeout_min: float = 30.0
     report: bool = True
+    register: str | None = None
+    system_metrics_s: float = 10.0
 
 
 @dataclass

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from filelock import FileLock
 from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils.class_weight import compute_class_weight
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +119,19 @@ def data_digest(root: str | Path) -> str:
     must not re-run a finished study. A file rewritten to exactly the same size is not noticed.
     """
     root = Path(root).resolve()
-    files = []
+    paths = []
     for split in ("train", "val", "test"):
         if split == "val" and not (root / split).exists():
             continue
-        paths, _ = scan_split(root, split)
-        files += [[str(p.relative_to(root)), p.stat().st_size] for p in paths]
+        paths += scan_split(root, split)[0]
+    return files_digest(paths, root)
+
+
+def files_digest(paths, root: str | Path) -> str:
+    """16 hex digits of the files' names relative to `root` and their sizes, in order: a data folder's
+    (`data_digest`) or a split's (the run's MLflow dataset inputs)."""
+    root = Path(root).resolve()
+    files = [[str(Path(p).relative_to(root)), Path(p).stat().st_size] for p in paths]
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
@@ -176,9 +185,12 @@ def _decode_all(paths: list[Path], size: int) -> DecodedImages:
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             return f"{type(error).__name__}: {error}"
 
+    # A cold cache can take minutes on the full data set: one line in the log, a bar on a terminal.
+    log.info("decoding %d images at %d px into the cache (once per file list and size)", len(paths), size)
+    bar = {"total": len(paths), "desc": f"decoding at {size} px", "unit": "image", "leave": False}
     # Pillow releases the GIL while decoding, so threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = list(pool.map(one, paths))
+        results = list(tqdm(pool.map(one, paths), disable=not sys.stderr.isatty(), **bar))
     kept = np.array([not isinstance(r, str) for r in results], dtype=bool)
     skipped = {str(p): r for p, r in zip(paths, results, strict=True) if isinstance(r, str)}
     pixels = [r for r in results if not isinstance(r, str)]

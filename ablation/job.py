@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -215,11 +216,15 @@ def open_store(cfg: DictConfig):
 def _train_and_log(cfg: DictConfig, client, run_id: str, out_dir: Path) -> dict:
     """Train, write the run's files, upload them; the fields of the job's line."""
     from ablation import artifacts  # Keras and TensorFlow load here, after the GPU is pinned
+    from ablation.data import files_digest
     from ablation.train import EpochLogger, train
 
     tracking.log_params(client, run_id, tracking.run_params(cfg))
     result = train(cfg, callbacks=[EpochLogger(lambda epoch, m: tracking.log_epoch(client, run_id, epoch, m))])
     tracking.log_outputs(client, run_id, artifacts.write(cfg, result, out_dir / "artifacts"), out_dir / "artifacts")
+    counts = result.data.record(cfg.class_weighting.name)["splits"]
+    digests = {name: files_digest(getattr(result.data, name).files, cfg.data.root) for name in counts}
+    tracking.log_datasets(client, run_id, cfg.data.root, {name: (digests[name], counts[name]) for name in counts})
     monitor = f"kept_{cfg.trainer.monitor}"
     auc, accuracy = result.test_metrics["auc"], result.test_metrics["accuracy"]
     log.info("finished run %s: test AUC %.4f, accuracy %.4f", run_id, auc, accuracy)
@@ -231,10 +236,15 @@ def run_job(cfg: DictConfig) -> dict:
     job = Job.current()
     entry: dict = {"job": job.num, "overrides": job.overrides}
 
+    started = time.time()
+    if job.in_sweep:
+        log.info("%s %s", sweep.progress(job.sweep_dir, job.num), job.overrides or "defaults")
+
     def finish(status: str, error: str | None = None, **fields) -> dict:
         entry.update(status=status, **fields, **({"error": error} if error else {}))
         if job.in_sweep:
             sweep.append_job(job.sweep_dir, entry)
+            log.info("%s", sweep.progress(job.sweep_dir, job.num, status, time.time() - started))
         return entry
 
     visible = devices.pin_gpu(job.num)  # first: a framework reads CUDA_VISIBLE_DEVICES once, when it starts
@@ -279,6 +289,7 @@ def run_job(cfg: DictConfig) -> dict:
     with (
         tracking.heartbeat(client, [run_id, *([parent] if parent else [])], beat_every),
         run_lifecycle(client, run_id, parent, not job.in_sweep, end, job.overrides, job.out_dir) as outcome,
+        tracking.system_metrics(cfg.tracking.uri, run_id, cfg.tracking.system_metrics_s),
     ):
         outcome.fields = _train_and_log(cfg, client, run_id, job.out_dir)
     return entry

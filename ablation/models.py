@@ -72,6 +72,24 @@ def backbone(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer("features").output, name=f"{model.name}_backbone")
 
 
+PROBABILITY = "pneumonia_probability"  # the layer a probability model (`with_probability`) ends in
+
+
+def with_probability(network: keras.Model) -> keras.Model:
+    """`network` (raw pixels in, the pneumonia logit out) with a sigmoid after it: what a run's MLflow model
+    and predict give. Safe mode loads it: an Activation by name, no code."""
+    inputs = keras.Input(shape=network.input_shape[1:], name="image")
+    probability = layers.Activation("sigmoid", dtype="float32", name=PROBABILITY)(network(inputs))
+    return keras.Model(inputs, probability, name=f"{network.name}_probability")
+
+
+def network_of(model: keras.Model) -> keras.Model:
+    """The logit network inside a probability model (`with_probability`); any other model as it is."""
+    if model.layers[-1].name != PROBABILITY:
+        return model
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
 def _inputs(input_shape: tuple[int, int, int]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     inputs = keras.Input(shape=input_shape, name="image")
     # Rescaling inside the model, so that a saved model takes the same raw pixels the data module yields.

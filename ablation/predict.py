@@ -1,7 +1,8 @@
 """Predict pneumonia on new chest X-rays with a logged run's model: `python -m ablation.predict`.
 
-    python -m ablation.predict --run-id ID [--tracking-uri URI] [--out predictions.csv] [--explain DIR] PATH ...
-    python -m ablation.predict --experiment NAME [--best test_auc] ... PATH ...
+    ablation-predict --run-id ID [--tracking-uri URI] [--out predictions.csv] [--explain DIR] PATH ...
+    ablation-predict --experiment NAME [--best kept_val_auc] ... PATH ...
+    ablation-predict --model models:/NAME@champion ... PATH ...     (a registered version: its run's model)
 
 PATHs are image files or folders, searched recursively for .jpeg/.jpg/.png (any case). Every image is
 preprocessed exactly as the run's training data was, from the run's logged `config.yaml`
@@ -19,6 +20,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -42,7 +44,9 @@ from ablation.store import default_tracking_uri, missing_sqlite_store, redact  #
 from ablation.tracking import ROLE  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-MODEL_ARTIFACT = "model/model.keras"
+MODEL_ARTIFACT = "model/data/model.keras"  # the Keras file of the run's MLflow model (probabilities)
+LEGACY_MODEL_ARTIFACT = "model/model.keras"  # runs logged before the MLflow model: the bare network (logits)
+DEFAULT_BEST = "kept_val_auc"  # the kept epoch's validation ROC AUC: "the best" is chosen on validation
 NOT_UTF8 = "its name is not valid UTF-8, which the CSV cannot hold: rename it (e.g. convmv -f latin1 -t utf8)"
 CONFIG_ARTIFACT = "config.yaml"
 DEFAULT_THRESHOLD = 0.5
@@ -89,10 +93,38 @@ def best_run(client: MlflowClient, experiment: str, metric: str) -> Run:
 @dataclass
 class LoadedRun:
     run_id: str
-    model: object  # keras.Model
+    model: object  # keras.Model: the MLflow model's probability model, or a bare network logged before it
     image_size: int
     threshold: float
     model_name: str
+
+
+def _download(client: MlflowClient, run_id: str, artifacts: Sequence[str], into: str) -> tuple[str, Path]:
+    """The first of `artifacts` the run has, and where it was downloaded in `into`."""
+    for artifact in artifacts:
+        try:
+            return artifact, Path(client.download_artifacts(run_id, artifact, into))
+        except (MlflowException, OSError) as error:
+            missing = error
+    raise PredictError(
+        f"run {run_id} has no artifact {artifacts[0]} ({type(missing).__name__}); "
+        "only a FINISHED job run of `python -m ablation` logs a model"
+    ) from missing
+
+
+def registered_run(client: MlflowClient, uri: str) -> str:
+    """The run behind a registered model version, `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if match is None:
+        raise PredictError(f"--model {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, version = match.groups()
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as error:
+        raise PredictError(f"--model {uri}: {error.message}") from error
+    if not found.run_id:
+        raise PredictError(f"--model {uri}: version {found.version} has no run; register a run of `ablation`")
+    return found.run_id
 
 
 @contextmanager
@@ -103,16 +135,9 @@ def load_run(client: MlflowClient, run_id: str) -> Iterator[LoadedRun]:
     except MlflowException as error:
         raise PredictError(f"no run {run_id}: {error.message}") from error
     with tempfile.TemporaryDirectory(prefix="ablation-predict-") as tmp:
-        local = {}
-        for artifact in (CONFIG_ARTIFACT, MODEL_ARTIFACT):
-            try:
-                local[artifact] = Path(client.download_artifacts(run_id, artifact, tmp))
-            except (MlflowException, OSError) as error:
-                raise PredictError(
-                    f"run {run_id} has no artifact {artifact} ({type(error).__name__}); "
-                    "only a FINISHED job run of `python -m ablation` logs a model"
-                ) from error
-        cfg = OmegaConf.load(local[CONFIG_ARTIFACT])
+        _, config = _download(client, run_id, [CONFIG_ARTIFACT], tmp)
+        artifact, model_file = _download(client, run_id, [MODEL_ARTIFACT, LEGACY_MODEL_ARTIFACT], tmp)
+        cfg = OmegaConf.load(config)
         size = OmegaConf.select(cfg, "data.image_size")
         if not isinstance(size, int) or size <= 0:
             raise PredictError(f"run {run_id}: its {CONFIG_ARTIFACT} has no valid data.image_size ({size!r})")
@@ -120,11 +145,11 @@ def load_run(client: MlflowClient, run_id: str) -> Iterator[LoadedRun]:
         import keras  # TensorFlow loads only once the run is known to be usable
 
         try:
-            model = keras.models.load_model(local[MODEL_ARTIFACT], safe_mode=True, compile=False)
+            model = keras.models.load_model(model_file, safe_mode=True, compile=False)
         except Exception as error:  # safe mode's refusal, a truncated archive (BadZipFile), a missing layer class
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
             raise PredictError(
-                f"run {run_id}: its {MODEL_ARTIFACT} cannot be loaded in Keras' safe mode "
+                f"run {run_id}: its {artifact} cannot be loaded in Keras' safe mode "
                 f"({type(error).__name__}: {reason}); a model of `python -m ablation` holds no code and loads"
             ) from error
         expected = tuple(model.input_shape[1:3])
@@ -188,8 +213,11 @@ def to_model_input(pixels: Sequence[np.ndarray], channels: int) -> np.ndarray:
 
 
 def probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """The model's pneumonia probability for each image, float64."""
-    return sigmoid(model.predict(images, batch_size=batch_size, verbose=0).ravel())
+    """The pneumonia probability per image, float64 from the network's logit as in training: the float32 sigmoid
+    of the MLflow model rounds confident ones to exactly 1 and so loses their order."""
+    from ablation.models import network_of
+
+    return sigmoid(network_of(model).predict(images, batch_size=batch_size, verbose=0).ravel())
 
 
 def _unique(path: Path, used: set[Path]) -> Path:
@@ -206,8 +234,9 @@ def write_explanations(
 ) -> None:
     """A Grad-CAM overlay PNG per image, under `out_dir` at the image's path relative to its argument."""
     from ablation.explain import gradcam, overlay
+    from ablation.models import network_of
 
-    maps = gradcam(loaded.model, inputs)
+    maps = gradcam(network_of(loaded.model), inputs)
     display = max(loaded.image_size, EXPLAIN_SIZE)
     for (path, rel), heatmap in zip(files, maps, strict=True):
         target = _unique(out_dir / rel.with_suffix(".png"), used)
@@ -239,17 +268,19 @@ def predict(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m ablation.predict",
+        prog="ablation-predict",
         description="Predict pneumonia on chest X-ray files or folders with a logged run's model.",
     )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--run-id", help="the MLflow run whose model predicts")
     which.add_argument("--experiment", help="take the best FINISHED job run of this MLflow experiment")
+    which.add_argument("--model", metavar="URI", help="a registered version: models:/NAME@ALIAS or models:/NAME/N")
     parser.add_argument(
         "--best",
         metavar="METRIC",
-        help="with --experiment: the run metric to select on (default test_auc); higher is better, "
-        "lower for a name ending in 'loss'",
+        help=f"with --experiment: the run metric to select on (default {DEFAULT_BEST}, the kept epoch's validation "
+        "ROC AUC); higher is better, lower for a name ending in 'loss'. A test metric chooses on the test set: "
+        "allowed when named, with a warning",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -262,7 +293,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.best is not None and args.experiment is None:
         parser.error("--best selects a run of an --experiment; it does not go with --run-id")
-    args.best = args.best or "test_auc"
+    args.best = args.best or DEFAULT_BEST
     args.tracking_uri = args.tracking_uri or default_tracking_uri()
     return args
 
@@ -284,12 +315,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_store(args.tracking_uri)
         client = MlflowClient(tracking_uri=args.tracking_uri)
         if args.experiment is not None:
+            if args.best.startswith("test_"):
+                print(
+                    f"warning: --best {args.best} chooses the model on the test set, so its test figures are no "
+                    f"longer an unbiased estimate; the default, {DEFAULT_BEST}, chooses on validation",
+                    file=sys.stderr,
+                )
             run = best_run(client, args.experiment, args.best)
             run_id = run.info.run_id
             value = run.data.metrics[args.best]
             print(
                 f"best run of {args.experiment!r} by {args.best}: {run_id} ({args.best} = {value:.4f})", file=sys.stderr
             )
+        elif args.model is not None:
+            run_id = registered_run(client, args.model)
+            print(f"{args.model}: run {run_id}", file=sys.stderr)
         else:
             run_id = args.run_id
         with load_run(client, run_id) as loaded:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -76,6 +77,29 @@ def record_design(sweep_dir: Path, record: dict) -> None:
             )
 
 
+def progress(sweep_dir: Path, num: int, status: str | None = None, seconds: float | None = None) -> str:
+    """`[k/N]` for job `num` (N: the jobs the study sweeper has planned so far); for a job that ended, its status,
+    its time and the sweep's estimated time left (the mean time per job done so far, times the jobs left)."""
+    record = sweep_dir / DESIGN_FILE
+    design = json.loads(record.read_text()) if record.exists() else {}
+    total = sum(len(cell["jobs"]) for cell in design.get("cells", [])) or None
+    head = f"[{num + 1}/{total or '?'}]"
+    if status is None or seconds is None:
+        return head
+    done = len(read_jobs(sweep_dir))
+    left = ""
+    if total and design.get("started") and done:
+        rest = (time.time() - design["started"]) / done * max(total - done, 0)
+        left = f"; about {_duration(rest)} left for the sweep ({done} of {total} jobs done)" if total > done else ""
+    return f"{head} {status} in {_duration(seconds)}{left}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def append_job(sweep_dir: Path, entry: dict) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(sweep_dir / JOBS_FILE) + ".lock"), open(sweep_dir / JOBS_FILE, "a") as f:
@@ -114,6 +138,24 @@ def report(config: DictConfig, parent: dict) -> None:
     print(f"\nReport: {out / 'report.html'} (logged to run {parent['run_id']} under report/)\n{written.headline}")
 
 
+def register(config: DictConfig, parent: dict, table: pd.DataFrame) -> None:
+    """Register the sweep's best run on the kept epoch's validation metric (`trainer.monitor`) as a new version
+    of model `tracking.register`, alias champion; a failure is printed, never raised (the runs are kept)."""
+    metric, name = f"kept_{config.trainer.monitor}", config.tracking.register
+    done = table[table.status.isin(["FINISHED", "SKIPPED"])] if metric in table else table.iloc[:0]
+    runs = {row.run_id: float(row[metric]) for _, row in done.iterrows() if pd.notna(row[metric])}
+    if not runs:
+        print(f"\nNothing registered as {name!r}: no run of this sweep finished with {metric}")
+        return
+    try:
+        version = tracking.register_best(tracking.client(parent["tracking_uri"]), name, runs, metric)
+    except Exception as error:
+        log.exception("not registered")
+        print(f"\nNot registered as {name!r}: {redact(f'{type(error).__name__}: {error}')}")
+        return
+    print(f"\nRegistered the best run by {metric} as {name!r} version {version}: models:/{name}@{tracking.CHAMPION}")
+
+
 class SweepSummary(Callback):
     """At the end of a sweep: a table of its jobs, the report, the parent run ended, exit 1 if any job failed."""
 
@@ -135,6 +177,8 @@ class SweepSummary(Callback):
         parent = parent_of(sweep_dir)
         if parent and config.tracking.report:
             report(config, parent)
+        if parent and config.tracking.register:
+            register(config, parent, table)
         if parent:
             tracking.end_run(
                 tracking.client(parent["tracking_uri"]),

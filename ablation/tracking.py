@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
@@ -19,8 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from omegaconf import DictConfig
 
 from ablation import interrupts
@@ -36,6 +38,7 @@ GIT_COMMIT = "git_commit"
 HOST, PID = "ablation.host", "ablation.pid"
 HEARTBEAT = "ablation.heartbeat"  # unix seconds, refreshed while a run is alive (`heartbeat`)
 PARENT = "mlflow.parentRunId"
+MODEL = "model"  # a run's MLflow model: its artifact folder (`ablation.artifacts.save_model`)
 
 # A tracking server that went away fails the job after about 30 s of retries (after 0, 2, 4, 8, 16 s; 30 s to
 # answer each), which rides out a server restart, rather than MLflow's minutes (7 retries, backoff factor 2,
@@ -162,6 +165,23 @@ def heartbeat(mlflow_client: mlflow.MlflowClient, run_ids: list[str], every_s: f
         thread.join(timeout=10)
 
 
+@contextlib.contextmanager
+def system_metrics(uri: str, run_id: str, every_s: float) -> Iterator[None]:
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network; GPU with nvidia-ml-py)
+    sampled every `every_s` while the block runs; none for 0. A sample is logged at the end of each interval."""
+    if every_s <= 0:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=every_s, tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 def finished_run(mlflow_client: mlflow.MlflowClient, experiment_id: str, config: str, data: str) -> Run | None:
     """A FINISHED run of this training configuration on these images, if any (the newest)."""
     where = f"tags.`{CONFIG_HASH}` = '{config}' and tags.`{DATA_DIGEST}` = '{data}' and attributes.status = 'FINISHED'"
@@ -185,6 +205,31 @@ def log_epoch(mlflow_client: mlflow.MlflowClient, run_id: str, epoch: int, metri
     mlflow_client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
 
 
+SPLIT_SOURCES = {"train": "train", "val": "train", "test": "test"}  # validation is carved from train/, by patient
+
+
+def log_datasets(
+    mlflow_client: mlflow.MlflowClient, run_id: str, root: str, splits: dict[str, tuple[str, dict]]
+) -> None:
+    """The run's train, validation and test splits as MLflow dataset inputs (the UI's "Datasets used"): named
+    `<folder>-<split>`, with the digest of the split's own files (`ablation.data.files_digest`, as resume's
+    `data_digest` of the whole folder: a split of another seed is another dataset), the folder they come from,
+    and their images and patients per class as the profile. `splits`: name: (digest, counts per class)."""
+    root_path = Path(root).resolve()
+    inputs = []
+    for split, (digest, classes) in splits.items():
+        profile = {"images": sum(c["images"] for c in classes.values()), **{k.lower(): v for k, v in classes.items()}}
+        dataset = Dataset(
+            name=f"{root_path.name}-{split}",
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": str(root_path / SPLIT_SOURCES[split])}),
+            profile=json.dumps(profile),
+        )
+        inputs.append(DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)]))
+    mlflow_client.log_inputs(run_id, datasets=inputs)
+
+
 def log_params(mlflow_client: mlflow.MlflowClient, run_id: str, params: dict[str, str]) -> None:
     items = [Param(k, v) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -196,6 +241,24 @@ def log_outputs(mlflow_client: mlflow.MlflowClient, run_id: str, metrics: dict[s
     now = int(time.time() * 1000)
     mlflow_client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
     mlflow_client.log_artifacts(run_id, str(folder))
+
+
+CHAMPION = "champion"  # the alias a sweep gives the version it registers
+
+
+def register_best(mlflow_client: mlflow.MlflowClient, name: str, runs: dict[str, float], metric: str) -> str:
+    """Register the run of `runs` (run id: its `metric`, a validation figure) with the best value as a new
+    version of model `name`, aliased `champion`; its version number. Higher is better, lower for a loss."""
+    best = (min if metric.endswith("loss") else max)(runs, key=runs.get)
+    try:
+        mlflow_client.create_registered_model(name, description="pneumonia probability from a chest X-ray")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{mlflow_client.get_run(best).info.artifact_uri}/{MODEL}"
+    version = mlflow_client.create_model_version(name, source, run_id=best, tags={metric: str(runs[best])})
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version.version)
+    return version.version
 
 
 def end_run(mlflow_client: mlflow.MlflowClient, run_id: str, status: str, error: str | None = None) -> bool | str:

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return stretch(argv[1:], prog="python -m analysis stretch")
 
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split(":")[0])
+    parser = argparse.ArgumentParser(prog="ablation-report", description=__doc__.split(":")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser(
         "report", help="ablation tables, figures and an HTML/Markdown report of one sweep or experiment"

@@ -25,6 +25,7 @@ from conftest import DATA_ROOT, PROJECT
 TINY = ["experiment=tiny"]
 EPOCH_METRICS = ("loss", "val_loss", "accuracy", "val_auc")
 SCRIPT = PROJECT / "scripts" / "mlflow_server.sh"
+MLFLOW_MODEL = {"model/MLmodel", "model/data", "model/input_example.json", "model/requirements.txt"}
 
 
 # ---------------------------------------------------------------- processes, all bounded and cleaned up
@@ -226,7 +227,13 @@ def assert_complete(client: mlflow.MlflowClient, run, epochs: int) -> None:
     assert {"test_auc", "test_accuracy", "num_params"} <= set(run.data.metrics)
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "learning_curves.png", "test_predictions.csv"} <= names
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]
+    assert_mlflow_model(client, run.info.run_id)
+
+
+def assert_mlflow_model(client: mlflow.MlflowClient, run_id: str) -> None:
+    """The run's `model/` is an MLflow model (Keras flavor) with its signature's input example."""
+    assert MLFLOW_MODEL <= {a.path for a in client.list_artifacts(run_id, "model")}
+    assert "model/data/model.keras" in {a.path for a in client.list_artifacts(run_id, "model/data")}
 
 
 # ---------------------------------------------------------------- an MLflow server, a PostgreSQL server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from conftest import DATA_ROOT, PROJECT, compose_config
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from processes import run_command
 
 from ablation.config import ConfigError, validate
 from ablation.design import Design
@@ -139,3 +141,20 @@ def test_relative_paths_resolve_under_the_project():
     cfg = compose_config()
     assert Path(cfg.paths.runs) == PROJECT / "runs"
     assert Path(cfg.data.cache_dir) == PROJECT / "runs" / "cache"
+
+
+def test_the_installed_commands_run_from_anywhere_and_ablation_completes_with_hydra(tmp_path):
+    """`ablation`, `ablation-report`, `ablation-predict`: the [project.scripts] of the environment the README's
+    install made, run outside the repository."""
+    bin_dir = Path(sys.executable).parent
+    script = run_command([bin_dir / "ablation", "--shell-completion", "install=bash"], 120, cwd=tmp_path)
+    assert script.returncode == 0
+    assert "complete -o nospace -o default -F hydra_bash_completion ablation" in script.stdout
+    env = {"COMP_LINE": "ablation model="}  # what bash hands the completion function
+    offered = run_command([bin_dir / "ablation", "--shell-completion", "query=bash"], 120, cwd=tmp_path, env=env)
+    assert offered.stdout.split() == ["model=cnn", "model=resnet18", "model=resnet50"], offered.stderr
+    config = run_command([bin_dir / "ablation", "--cfg", "job", "model=resnet18"], 120, cwd=tmp_path)
+    assert config.returncode == 0 and "name: resnet18" in config.stdout, config.stderr
+    for command in ("ablation-report", "ablation-predict"):
+        usage = run_command([bin_dir / command, "--help"], 120, cwd=tmp_path)
+        assert usage.returncode == 0 and usage.stdout.startswith(f"usage: {command} "), usage.stderr

@@ -177,7 +177,9 @@ def test_preprocessing_follows_the_logged_config_and_best_run_is_selected(
 
     code = predict.main(["--experiment", "predict", "--best", "test_auc", "--out", str(out), *map(str, files)])
     assert code == 0
-    assert f"best run of 'predict' by test_auc: {trained.run_id}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"best run of 'predict' by test_auc: {trained.run_id}" in err
+    assert "warning: --best test_auc chooses the model on the test set" in err  # allowed when named, with a warning
 
     [inputs] = seen
     assert inputs.shape == (len(files), 32, 32, 1) and inputs.dtype == np.float32
@@ -203,6 +205,11 @@ def test_what_cannot_be_used_is_refused_with_exit_status_2(trained, tmp_path, ca
     with pytest.raises(SystemExit) as exit_info:
         predict.main(["--run-id", trained.run_id, "--best", "test_auc", image])
     assert exit_info.value.code == 2
+
+
+def test_the_best_run_is_chosen_on_validation_unless_a_metric_is_named():
+    assert predict.parse_args(["--experiment", "study", "x.jpeg"]).best == "kept_val_auc"
+    assert predict.parse_args(["--experiment", "study", "--best", "test_auc", "x.jpeg"]).best == "test_auc"
 
 
 def test_best_run_is_the_finished_job_with_the_best_metric(tmp_path):
@@ -305,6 +312,8 @@ def test_stretch_cli_names_a_missing_run_or_store(trained, tmp_path, capsys):
 def test_a_model_safe_mode_refuses_or_a_truncated_one_exits_2_naming_the_reason(trained, tmp_path, capsys):
     """No traceback and no misleading "file not found": the run, the file and why it cannot be loaded."""
     import keras
+    import mlflow.keras
+    import mlflow.pyfunc
 
     client = mlflow.MlflowClient(trained.uri)
     config = client.download_artifacts(trained.run_id, predict.CONFIG_ARTIFACT, str(tmp_path))
@@ -312,7 +321,11 @@ def test_a_model_safe_mode_refuses_or_a_truncated_one_exits_2_naming_the_reason(
     inputs = keras.Input((32, 32, 1))
     with_code = tmp_path / "lambda" / "model.keras"  # a Lambda layer: Python code that safe mode will not run
     with_code.parent.mkdir()
-    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs)).save(with_code)
+    lambda_model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs))
+    lambda_model.save(with_code)
+    mlflow.keras.save_model(lambda_model, str(tmp_path / "lambda-mlflow"), pip_requirements=["keras"])
+    with pytest.raises(ValueError, match="Lambda"):  # MLflow's own loader keeps Keras' safe mode too
+        mlflow.pyfunc.load_model(str(tmp_path / "lambda-mlflow"))
     truncated = tmp_path / "truncated" / "model.keras"
     truncated.parent.mkdir()
     truncated.write_bytes(saved.read_bytes()[:4000])
@@ -321,12 +334,12 @@ def test_a_model_safe_mode_refuses_or_a_truncated_one_exits_2_naming_the_reason(
     for model_file, why in ((with_code, "Lambda"), (truncated, "")):
         run_id = client.create_run(experiment, run_name=model_file.parent.name).info.run_id
         client.log_artifact(run_id, config)
-        client.log_artifact(run_id, str(model_file), "model")
+        client.log_artifact(run_id, str(model_file), "model/data")
         client.set_terminated(run_id)
         out = str(tmp_path / "p.csv")
         assert predict.main(["--run-id", run_id, "--tracking-uri", trained.uri, "--out", out, image]) == 2
         err = capsys.readouterr().err
-        assert f"run {run_id}: its model/model.keras cannot be loaded in Keras' safe mode" in err, err
+        assert f"run {run_id}: its model/data/model.keras cannot be loaded in Keras' safe mode" in err, err
         assert why in err and "Traceback" not in err
 
 

@@ -5,12 +5,14 @@ interval is narrow, the dry run, resume, a failing configuration, and the report
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
-from conftest import study_args
-from processes import run_ablation
+from conftest import DATA_ROOT, study_args
+from processes import assert_mlflow_model, run_ablation
 
 pytestmark = pytest.mark.slow
 
@@ -74,10 +76,11 @@ def test_loco_runs_the_baseline_and_each_removal_per_seed_and_logs_its_report(lo
     for key in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(first, key)] == [1], key
     assert ARTIFACTS <= {a.path for a in client.list_artifacts(first)}
-    assert [a.path for a in client.list_artifacts(first, "model")] == ["model/model.keras"]
+    assert_mlflow_model(client, first)
 
     # The end-of-sweep table, then the report: built, logged to the parent run, its path and headline printed.
-    assert done.stdout.count("FINISHED") == 8 and "test_auc" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if " FINISHED " in line and not line.startswith("[")]
+    assert len(rows) == 8 and "test_auc" in done.stdout
     assert "Report: " in done.stdout and "Leave one component out: removing " in done.stdout
     report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/design_effects.csv"} <= report
@@ -87,6 +90,61 @@ def test_loco_runs_the_baseline_and_each_removal_per_seed_and_logs_its_report(lo
     assert auc["boot_low"].le(auc["diff"]).all() and auc["diff"].le(auc["boot_high"]).all()
     markdown = open(client.download_artifacts(parents[0].info.run_id, "report/report.md", str(tmp_path))).read()
     assert "## Leave one component out" in markdown
+
+
+def test_each_run_carries_its_datasets_system_metrics_and_mlflow_model_and_the_best_is_registered(loco_study, tmp_path):
+    import mlflow.pyfunc
+
+    from ablation import predict
+    from ablation.data import decode_image, files_digest
+
+    done = loco_study["done"]
+    client, parents, jobs = _runs(loco_study["uri"], loco_study["experiment"])
+    output = done.stdout + done.stderr
+    # Progress: each job starts with [k/N] and its overrides, and ends with its status, time and what is left.
+    for k in range(1, 9):
+        assert f"[{k}/8] " in output, output[-3000:]
+    assert re.search(r"\[\d/8\] FINISHED in \d+s; about \S+ left for the sweep \(\d of 8 jobs done\)", output)
+    assert output.count("decoding 624 images at 32 px") <= 1  # a cold cache: one line, then every job reuses it
+
+    def files(run_id: str, split: str) -> list[str]:  # the split's images, in the run's order
+        return list(pd.read_csv(client.download_artifacts(run_id, f"{split}_predictions.csv", str(tmp_path))).file)
+
+    predictions = {r.info.run_id: {split: files(r.info.run_id, split) for split in ("val", "test")} for r in jobs[:2]}
+    for run in jobs:
+        # The splits as MLflow datasets: the digest resume uses, the folder, the images per class.
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {"train", "val", "test"}
+        for split, dataset in inputs.items():
+            files = predictions.get(run.info.run_id, {}).get(split)
+            assert dataset.name == f"chest_xray-{split}" and len(dataset.digest) == 16
+            if files is not None:  # the digest of the split's own files, as resume's of the folder
+                assert dataset.digest == files_digest(files, DATA_ROOT)
+            assert json.loads(dataset.source)["uri"].endswith("/chest_xray/" + ("test" if split == "test" else "train"))
+            profile = json.loads(dataset.profile)
+            for cls in ("normal", "pneumonia"):
+                assert profile[cls]["images"] == run.data.metrics[f"data_{split}_{cls}_images"]
+        # MLflow's system metrics, sampled every second (tracking.system_metrics_s=1).
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+
+    # The MLflow model gives the probabilities the run logged for its test images, through pyfunc.
+    run = jobs[0]
+    model = mlflow.pyfunc.load_model(client.download_artifacts(run.info.run_id, "model", str(tmp_path)))
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 32, 32, 1)
+    logged = pd.read_csv(client.download_artifacts(run.info.run_id, "test_predictions.csv", str(tmp_path)))
+    images = np.stack([decode_image(f, 32) for f in logged.file[:6]])[..., None].astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model.predict(images)).ravel(), logged.probability[:6], atol=1e-5)
+
+    # The best run on validation is the registered champion, and predict takes it by its alias.
+    kept = {r.info.run_id: r.data.metrics["kept_val_auc"] for r in jobs}
+    champion = client.get_model_version_by_alias("loco-champion", "champion")
+    assert kept[champion.run_id] == max(kept.values())
+    assert "Registered the best run by kept_val_auc as 'loco-champion'" in done.stdout
+    out = tmp_path / "champion.csv"
+    args = ["--model", "models:/loco-champion@champion", "--tracking-uri", loco_study["uri"], "--out", str(out)]
+    assert predict.main([*args, *logged.file[:2]]) == 0
+    expected = pd.read_csv(client.download_artifacts(champion.run_id, "test_predictions.csv", str(tmp_path / "c")))
+    np.testing.assert_allclose(pd.read_csv(out).probability, expected.probability[:2], atol=1e-5)
 
 
 def test_a_finished_study_is_skipped_and_a_dry_run_writes_nothing(loco_study):

@@ -8,6 +8,7 @@ adds the design record (`design.json` in the sweep folder and on the parent run)
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ class StudySweeper(Sweeper):
                 {"label": c.label, "reference": c.reference, "overrides": c.overrides, "jobs": []} for c in cells
             ],
             "rounds": [],
+            "started": time.time(),  # for the jobs' estimate of the time left (`ablation.sweep.progress`)
         }
         returns = [self._launch(planned, cells, record, sweep_dir)]
         while self.auto:
@@ -131,6 +133,7 @@ class StudySweeper(Sweeper):
         for offset, (cell, seed) in enumerate(planned):
             record["cells"][cells.index(cell)]["jobs"].append({"job": first + offset, "seed": seed})
         batch = [self.job_overrides(cell, seed) for cell, seed in planned]
+        sweep.record_design(sweep_dir, record)  # the jobs read how many are planned from it: "[k/N]"
         results: list[JobReturn] = []
         size = self.max_batch_size or len(batch)
         for start in range(0, len(batch), size):
