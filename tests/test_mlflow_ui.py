@@ -1,9 +1,10 @@
 """The MLflow UI of the README, on a real 8-job study (the session's `loco_study`): its REST API and its runs
-page in headless Chromium.
+page, a run's datasets and the registered model in headless Chromium.
 
 Starts `mlflow ui --backend-store-uri sqlite:///... --host 127.0.0.1 --port PORT` (the README's command on
 a free port) and always stops it. Needs Debian's `chromium` (/usr/bin/chromium): without it this test
-fails rather than skips. The screenshot is kept as runs/test-artifacts/mlflow_ui.png for people to see.
+fails rather than skips. The screenshots are kept in runs/test-artifacts/ for people to see (copies in
+docs/screenshots/).
 """
 
 from __future__ import annotations
@@ -154,9 +155,38 @@ def test_ui_serves_the_sweep_and_renders_its_runs(mlflow_ui, tmp_path):
         assert image.format == "PNG" and image.size == (1400, 900)
         colours = image.convert("RGB").getcolors(1 << 24)
     assert len(colours) > 200, f"a near-blank page: {len(colours)} colours"
+    _keep(shot, "mlflow_ui.png")
+
+
+def _keep(shot: Path, name: str) -> None:
     keep = PROJECT / "runs" / "test-artifacts"
     try:
         keep.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, keep / "mlflow_ui.png")
+        shutil.copy(shot, keep / name)
     except OSError:
         pass  # a read-only checkout still passes; the copy is only for people to look at
+
+
+def test_ui_shows_a_runs_datasets_and_the_registered_champion(mlflow_ui, tmp_path):
+    query = urllib.parse.urlencode({"experiment_name": "loco"})
+    experiment_id = _get(f"{mlflow_ui}/api/2.0/mlflow/experiments/get-by-name?{query}")["experiment"]["experiment_id"]
+    query = urllib.parse.urlencode({"name": "loco-champion", "alias": "champion"})
+    champion = _get(f"{mlflow_ui}/api/2.0/mlflow/registered-models/alias?{query}")["model_version"]
+    run_page = f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{champion['run_id']}"
+    model_page = f"{mlflow_ui}/#/models/loco-champion"
+    shown = {
+        # the run's overview lists the datasets it used: the first by name and digest, then "+2" (val, test);
+        # and the registered model it is a version of
+        run_page: ["chest_xray-train (", "+2", "loco-champion"],
+        # the registered model: its version, from the champion run, under its alias
+        model_page: ["loco-champion", f"Version {champion['version']}", "champion"],
+    }
+    for number, (page, texts) in enumerate(shown.items()):
+        dom = _chromium(tmp_path / f"profile-dom-{number}", "--dump-dom", page).stdout
+        for text in texts:
+            assert text in dom, (text, dom[-3000:])
+        shot = tmp_path / f"page-{number}.png"
+        _chromium(tmp_path / f"profile-shot-{number}", f"--screenshot={shot}", page)
+        with Image.open(shot) as image:
+            assert len(image.convert("RGB").getcolors(1 << 24)) > 200, "a near-blank page"
+        _keep(shot, ["mlflow_run_datasets.png", "mlflow_registered_model.png"][number])

@@ -157,7 +157,7 @@ def test_a_finished_study_is_skipped_and_a_dry_run_writes_nothing(loco_study):
 
     again = run_ablation(*study_args("loco_tiny"), runs=runs, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("SKIPPED") == 8
+    assert again.stdout.count("] SKIPPED in ") == 8  # each job's progress line
     _, parents, jobs = _runs(loco_study["uri"], loco_study["experiment"])
     assert (len(parents), len(jobs)) == (1, 8)  # nothing new: no parent, no run
 
