@@ -71,7 +71,7 @@ def write(cfg: DictConfig, result: TrainResult, folder: Path) -> dict[str, float
 
 def save_model(network: keras.Model, path: Path, example_images: np.ndarray) -> None:
     """The kept network as an MLflow model (Keras flavor) that gives the pneumonia probability:
-    `mlflow.pyfunc.load_model(...).predict(images)` and predict load it, in Keras' safe mode. Its signature and
+    `mlflow.pyfunc.load_model` (then `.predict(images)`) and predict load it, in Keras' safe mode. Its signature and
     input example (the first test image) say what it takes: raw pixels, (n, size, size, channels) float32."""
     import mlflow.keras
     from mlflow.models import infer_signature

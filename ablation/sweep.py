@@ -80,8 +80,10 @@ def record_design(sweep_dir: Path, record: dict) -> None:
 def progress(sweep_dir: Path, num: int, status: str | None = None, seconds: float | None = None) -> str:
     """`[k/N]` for job `num` (N: the jobs the study sweeper has planned so far); for a job that ended, its status,
     its time and the sweep's estimated time left (the mean time per job done so far, times the jobs left)."""
-    record = sweep_dir / DESIGN_FILE
-    design = json.loads(record.read_text()) if record.exists() else {}
+    try:
+        design = json.loads((sweep_dir / DESIGN_FILE).read_text())
+    except (OSError, ValueError):  # another sweeper (Optuna) writes none; progress is never worth a failure
+        design = {}
     total = sum(len(cell["jobs"]) for cell in design.get("cells", [])) or None
     head = f"[{num + 1}/{total or '?'}]"
     if status is None or seconds is None:
