@@ -51,6 +51,11 @@ class AugmentOn(StrEnum):
 MONITORS = {Monitor.val_auc: "max", Monitor.val_loss: "min"}  # checkpoint criterion -> direction
 
 
+def lower_is_better(metric: str) -> bool:
+    """How "the best" run is chosen on a logged metric: lowest for a loss, highest for everything else."""
+    return metric.endswith("loss")
+
+
 @dataclass
 class ModelConf:
     name: str = MISSING

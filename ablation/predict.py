@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ablation.config import lower_is_better  # noqa: E402
 from ablation.data import CLASSES, decode_image, escaped, not_utf8  # noqa: E402
 from ablation.metrics import sigmoid  # noqa: E402
 from ablation.store import default_tracking_uri, missing_sqlite_store, redact  # noqa: E402
@@ -61,10 +62,6 @@ class PredictError(RuntimeError):
 def check_store(uri: str) -> None:
     if (db := missing_sqlite_store(uri)) is not None:
         raise PredictError(f"no MLflow store at {db} (tracking URI {uri}); pass --tracking-uri")
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric.endswith("loss")
 
 
 def best_run(client: MlflowClient, experiment: str, metric: str) -> Run:

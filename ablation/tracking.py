@@ -26,7 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from omegaconf import DictConfig
 
 from ablation import interrupts
-from ablation.config import flatten
+from ablation.config import flatten, lower_is_better
 from ablation.store import redact
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ CHAMPION = "champion"  # the alias a sweep gives the version it registers
 def register_best(mlflow_client: mlflow.MlflowClient, name: str, runs: dict[str, float], metric: str) -> str:
     """Register the run of `runs` (run id: its `metric`, a validation figure) with the best value as a new
     version of model `name`, aliased `champion`; its version number. Higher is better, lower for a loss."""
-    best = (min if metric.endswith("loss") else max)(runs, key=runs.get)
+    best = (min if lower_is_better(metric) else max)(runs, key=runs.get)
     try:
         mlflow_client.create_registered_model(name, description="pneumonia probability from a chest X-ray")
     except MlflowException as error:

@@ -3,8 +3,7 @@ page, a run's datasets and the registered model in headless Chromium.
 
 Starts `mlflow ui --backend-store-uri sqlite:///... --host 127.0.0.1 --port PORT` (the README's command on
 a free port) and always stops it. Needs Debian's `chromium` (/usr/bin/chromium): without it this test
-fails rather than skips. The screenshots are kept in runs/test-artifacts/ for people to see (copies in
-docs/screenshots/).
+fails rather than skips. The screenshots are kept in runs/test-artifacts/ (git-ignored) for people to see.
 """
 
 from __future__ import annotations
