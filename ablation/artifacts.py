@@ -15,10 +15,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from ablation import explain, figures, models
+from ablation import backend, explain, figures, models
 from ablation.store import redact
 from ablation.tracking import MODEL
 from ablation.train import TrainResult
@@ -86,5 +85,5 @@ def save_model(network: keras.Model, path: Path, example_images: np.ndarray) -> 
         signature=infer_signature(example, model.predict(example, verbose=0)),
         input_example=example,
         # Given, not inferred: inferring loads the model again in a subprocess, seconds per run.
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+        pip_requirements=backend.requirements(),
     )

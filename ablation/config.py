@@ -43,9 +43,19 @@ class Schedule(StrEnum):
     cosine = "cosine"
 
 
+class ThresholdRule(StrEnum):  # how trainer.tune_threshold picks it on validation (ablation.metrics)
+    youden = "youden"
+    midpoint = "midpoint"
+
+
 class AugmentOn(StrEnum):
-    data = "data"  # in the tf.data pipeline, on the CPU
+    data = "data"  # in the tf.data pipeline, on the CPU (TensorFlow; other backends have no such pipeline)
     model = "model"  # as the model's first layer, where the model runs
+
+
+class Backend(StrEnum):  # Keras 3's backend (ablation.backend); chosen before Keras starts
+    tensorflow = "tensorflow"
+    jax = "jax"
 
 
 MONITORS = {Monitor.val_auc: "max", Monitor.val_loss: "min"}  # checkpoint criterion -> direction
@@ -93,12 +103,14 @@ class TrainerConf:
     patience: int | None = None
     threshold: float = 0.5
     tune_threshold: bool = False
+    threshold_rule: ThresholdRule = ThresholdRule.youden
     label_smoothing: float = 0.0
     precision: Precision = Precision.float32
     augment_on: AugmentOn = AugmentOn.data
     jit_compile: bool = False
     steps_per_execution: int = 1
     deterministic: bool = True
+    backend: Backend = Backend.tensorflow
     verbose: int = 2
 
 

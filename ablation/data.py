@@ -1,4 +1,4 @@
-"""Chest X-ray data: scan the folders, split by patient, decode once into a cache, feed tf.data.
+"""Chest X-ray data: scan the folders, split by patient, decode once into a cache of arrays for the feed.
 
 Every run of `python -m ablation` goes through `load_data(cfg.data, ...)`; the decoded pixels live
 under `runs/cache/` so that only the first run at a given image size ever decodes a JPEG.

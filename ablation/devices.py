@@ -1,8 +1,10 @@
-"""Which GPUs this machine has, and which one a job of `python -m ablation -m ...` may use.
+"""Which GPUs this machine has, which one a job of `python -m ablation -m ...` may use, and which Keras backend
+drives them.
 
-A parallel job is pinned to one card by `CUDA_VISIBLE_DEVICES`, which a framework reads once, when it
-starts: so `pin_gpu` runs before anything imports Keras or TensorFlow in the job's process (the entry
-point, the job, the sweep callback and tracking import neither). No framework is imported here.
+A parallel job is pinned to one card by `CUDA_VISIBLE_DEVICES`, and a backend is chosen by `KERAS_BACKEND` (and
+configured by XLA's flags under JAX), all read once, when the framework starts: so `pin_gpu` and `select_backend`
+run before anything imports Keras, TensorFlow or JAX in the job's process (the entry point, the job, the sweep
+callback and tracking import none of them). No framework is imported here.
 """
 
 from __future__ import annotations
@@ -57,6 +59,29 @@ def pin_gpu(job_num: int) -> str | None:
         os.environ[VISIBLE] = os.environ[PINNED_BY_US] = str(job_num % len(gpus))
         log.info("job %d pinned to GPU %s of %d", job_num, os.environ[VISIBLE], len(gpus))
     return os.environ.get(VISIBLE)
+
+
+class BackendError(RuntimeError):
+    """A job asks for a Keras backend other than the one already running in its process."""
+
+
+def select_backend(name: str, deterministic: bool) -> None:
+    """Make Keras start on backend `name` (`trainer.backend`); under JAX, let several jobs share a card (memory on
+    demand, not 75 % of it up front) and, with `deterministic`, use XLA's deterministic GPU kernels."""
+    if "keras" in sys.modules:
+        running = sys.modules["keras"].backend.backend()
+        if running != name:
+            raise BackendError(
+                f"trainer.backend={name}, but this process already runs Keras on {running}: a backend is fixed when"
+                " Keras starts, so run each backend in its own command (or a launcher with a process per job)"
+            )
+        return
+    os.environ["KERAS_BACKEND"] = name
+    if name == "jax":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        flags = os.environ.get("XLA_FLAGS", "")
+        if deterministic and "xla_gpu_deterministic_ops" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
 
 
 def gpus_per_job() -> float:

@@ -18,9 +18,10 @@ matplotlib.use("Agg")  # runs write files; no display
 import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ablation import backend  # noqa: E402
 from ablation.data import CLASSES  # noqa: E402
 
 LAYER = "features"
@@ -34,8 +35,10 @@ OUTCOMES = (
 )
 
 
-def _cam_model(model: keras.Model, layer: str) -> keras.Model:
-    return keras.Model(model.inputs, [model.get_layer(layer).output, model.outputs[0]])
+def _split(model: keras.Model, layer: str) -> tuple[keras.Model, keras.Model]:
+    """`model` as two: input to the `layer` map, and that map to the logit (what the gradient runs through)."""
+    fmap = model.get_layer(layer).output
+    return keras.Model(model.input, fmap), keras.Model(fmap, model.output)
 
 
 def gradcam(
@@ -52,21 +55,22 @@ def gradcam(
         raise ValueError(f"images must be (n, H, W, C), got shape {images.shape}")
     signs = np.where(np.broadcast_to(np.asarray(target), (len(images),)) == 1, 1.0, -1.0).astype(np.float32)
     height, width = images.shape[1:3]
-    cam_model = _cam_model(model, layer)
+    features, head = _split(model, layer)
     maps = [np.zeros((0, height, width), np.float32)]
     for start in range(0, len(images), batch_size):
-        batch = tf.convert_to_tensor(images[start : start + batch_size])
-        sign = tf.constant(signs[start : start + batch_size])
-        with tf.GradientTape() as tape:
-            fmap, logits = cam_model(batch, training=False)
+        fmap = features(images[start : start + batch_size], training=False)
+        sign = ops.convert_to_tensor(signs[start : start + batch_size])
+
+        def score(fmap, sign=sign):
             # Images are independent at inference, so the gradient of the sum is each image's own.
-            score = tf.reduce_sum(sign * tf.reshape(tf.cast(logits, tf.float32), [-1]))
-        grads = tf.cast(tape.gradient(score, fmap), tf.float32)
-        fmap = tf.cast(fmap, tf.float32)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # one weight per channel
-        cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]
-        cam = tf.image.resize(cam, (height, width), method="bilinear")[..., 0]
-        maps.append(cam.numpy().astype(np.float32))
+            return ops.sum(sign * ops.reshape(ops.cast(head(fmap, training=False), "float32"), (-1,)))
+
+        grads = backend.gradient(score, fmap).astype(np.float32)
+        fmap = ops.convert_to_numpy(ops.cast(fmap, "float32"))
+        weights = grads.mean(axis=(1, 2), keepdims=True)  # one weight per channel
+        cam = np.maximum((weights * fmap).sum(axis=-1), 0)[..., None]
+        cam = ops.image.resize(cam, (height, width), interpolation="bilinear")[..., 0]
+        maps.append(ops.convert_to_numpy(cam).astype(np.float32))
     cams = np.concatenate(maps)
     peak = cams.max(axis=(1, 2), keepdims=True)
     return np.where(peak > 0, cams / np.where(peak > 0, peak, 1), 0).astype(np.float32)

@@ -250,8 +250,9 @@ def run_job(cfg: DictConfig) -> dict:
     visible = devices.pin_gpu(job.num)  # first: a framework reads CUDA_VISIBLE_DEVICES once, when it starts
     interrupts.install()  # scancel, kill and a closed terminal end the run KILLED, like Ctrl-C
     try:
+        devices.select_backend(str(cfg.trainer.backend), cfg.trainer.deterministic)  # before validate's Keras
         validate(cfg)
-    except ConfigError as error:
+    except (ConfigError, devices.BackendError) as error:
         log.error("refused %s: %s", job.overrides or "the run", error)
         finish("REFUSED", error=str(error))
         if job.in_sweep:

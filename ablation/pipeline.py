@@ -1,141 +1,174 @@
-"""The tf.data input pipeline and training-time augmentation, used by `python -m ablation`.
+"""The input feed and training-time augmentation, used by `python -m ablation`: Keras only, any backend.
 
-Pixels arrive decoded and resized (ablation.data's cache), so an epoch only shuffles, batches,
-augments and prefetches; augmentation works on whole batches and touches training batches only.
-
-Augmentation draws its random parameters with stateless ops from a seed per batch. Keras' random layers
-keep their generator state in a variable, and under op determinism (`trainer.deterministic`, the default)
-TensorFlow then runs the whole map serially and without prefetch; stateless ops leave tf.data free to
-run it in parallel and ahead of the training step, with the same batches for the same seed.
+Pixels arrive decoded and resized (ablation.data's cache), so an epoch only shuffles, batches, augments
+and feeds. Under TensorFlow the feed is tf.data (`ablation.backend`), where the augmentation runs on the
+CPU ahead of the training step (`trainer.augment_on=data`); under JAX it is `ArrayBatches`, a prefetching
+`keras.utils.PyDataset` over the cached arrays, and the augmentation runs as the model's first layer, on
+the device. The augmentation is written in `keras.ops` and `keras.random`, so both are the same code.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 from omegaconf import DictConfig
 
-AUTOTUNE = tf.data.AUTOTUNE
 
-# Augments a float32 batch (B, H, W, C) of pixels in [0, 255] with parameters drawn from `seed` (int, shape [2]).
-Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+class Augmentation:
+    """Flip, rotation, shift, zoom and aspect stretch compose into one affine map per image, so each batch is
+    resampled once (`keras.ops.image.affine_transform`, bilinear, black outside the image); then brightness
+    and contrast, clipped to [0, 255]. Images are float32 (B, H, W, C) in [0, 255].
 
-
-def build_augmentation(aug: DictConfig) -> Augment | None:
-    """The batch augmentation an `augmentation` config asks for; None when it asks for nothing.
-
-    Flip, rotation, shift, zoom and aspect stretch compose into one affine map per image, so each batch
-    is resampled once (bilinear, black outside the image); then brightness and contrast, clipped to [0, 255].
+    `augmentation(images, seed)` draws each image's parameters from `seed`, an int or a
+    `keras.random.SeedGenerator`; `apply(images, parameters)` takes them given (the same geometry on every backend).
     """
-    flip = bool(aug.flip)
-    rotation, shift, zoom = math.radians(aug.rotation_deg), float(aug.shift), float(aug.zoom)
-    log_aspect = math.log1p(aug.aspect)
-    brightness, contrast = float(aug.brightness) * 255, float(aug.contrast)
-    geometric = flip or rotation or shift or zoom or log_aspect
-    if not (geometric or brightness or contrast):
-        return None
 
-    def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        n = tf.shape(images)[0]
-        seeds = tf.random.experimental.stateless_split(seed, 8)
+    def __init__(self, aug: DictConfig):
+        self.flip = bool(aug.flip)
+        self.rotation, self.shift, self.zoom = math.radians(aug.rotation_deg), float(aug.shift), float(aug.zoom)
+        self.log_aspect = math.log1p(aug.aspect)
+        self.brightness, self.contrast = float(aug.brightness) * 255, float(aug.contrast)
+        self.geometric = bool(self.flip or self.rotation or self.shift or self.zoom or self.log_aspect)
 
-        def uniform(i: int, half_width: float, center: float = 0.0) -> tf.Tensor:
-            return tf.random.stateless_uniform([n], seeds[i], center - half_width, center + half_width)
+    def __bool__(self) -> bool:
+        return bool(self.geometric or self.brightness or self.contrast)
 
-        if geometric:
-            # Output pixel p reads input pixel c + zoom * A * R(angle) * M (p - c) - offset, M the mirror or not
-            # and A = diag(sqrt(q), 1 / sqrt(q)) changing the width/height ratio by q, log-uniform in
-            # [1 / (1 + aspect), 1 + aspect].
-            height, width = (tf.cast(side, tf.float32) for side in (tf.shape(images)[1], tf.shape(images)[2]))
-            mirror = tf.where(uniform(0, 0.5) < 0, -1.0, 1.0) if flip else tf.ones([n])
-            angle, scale = uniform(1, rotation), uniform(2, zoom, 1.0)
-            dx, dy = uniform(3, shift) * width, uniform(4, shift) * height
-            stretch = tf.exp(uniform(7, log_aspect / 2))
-            cos, sin = scale * tf.cos(angle), scale * tf.sin(angle)
+    def parameters(self, n, seed) -> dict:
+        """Per-image parameters, each of shape (n,): mirror (+-1), angle (rad), scale, shift_x and shift_y (fractions
+        of the side), stretch (the width/height factor is its square), brightness (added), contrast (factor)."""
+        generator = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
+
+        def uniform(half_width: float, center: float = 0.0):
+            return keras.random.uniform((n,), center - half_width, center + half_width, seed=generator)
+
+        return {
+            "mirror": ops.where(uniform(0.5) < 0, -1.0, 1.0) if self.flip else ops.ones((n,)),
+            "angle": uniform(self.rotation),
+            "scale": uniform(self.zoom, 1.0),
+            "shift_x": uniform(self.shift),
+            "shift_y": uniform(self.shift),
+            "stretch": ops.exp(uniform(self.log_aspect / 2)),  # width/height ratio log-uniform in 1/(1+a) .. 1+a
+            "brightness": uniform(self.brightness),
+            "contrast": uniform(self.contrast, 1.0),
+        }
+
+    def apply(self, images, p: dict):
+        if self.geometric:
+            # Output pixel q reads input pixel c + scale * A * R(angle) * M (q - c) - shift, M the mirror or not
+            # and A = diag(stretch, 1 / stretch).
+            height, width = (ops.cast(side, "float32") for side in ops.shape(images)[1:3])
+            stretch, mirror = p["stretch"], p["mirror"]
+            cos, sin = p["scale"] * ops.cos(p["angle"]), p["scale"] * ops.sin(p["angle"])
             a0, a1, a3, a4 = cos * mirror * stretch, -sin * stretch, sin * mirror / stretch, cos / stretch
             cx, cy = (width - 1) / 2, (height - 1) / 2
-            zeros = tf.zeros([n])
-            transforms = tf.stack(
+            dx, dy = p["shift_x"] * width, p["shift_y"] * height
+            zeros = ops.zeros_like(a0)
+            transforms = ops.stack(
                 [a0, a1, cx - a0 * cx - a1 * cy - dx, a3, a4, cy - a3 * cx - a4 * cy - dy, zeros, zeros], axis=1
             )
-            images = tf.raw_ops.ImageProjectiveTransformV3(
-                images=images,
-                transforms=transforms,
-                output_shape=tf.shape(images)[1:3],
-                fill_value=0.0,
-                interpolation="BILINEAR",
-                fill_mode="CONSTANT",
-            )
-        if brightness:
-            images = images + uniform(5, brightness)[:, None, None, None]
-        if contrast:
-            mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-            images = (images - mean) * uniform(6, contrast, 1.0)[:, None, None, None] + mean
-        return tf.clip_by_value(images, 0.0, 255.0)
+            images = ops.image.affine_transform(images, transforms, "bilinear", "constant", 0.0)
+        if self.brightness:
+            images = images + p["brightness"][:, None, None, None]
+        if self.contrast:
+            mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
+            images = (images - mean) * p["contrast"][:, None, None, None] + mean
+        return ops.clip(images, 0.0, 255.0)
 
-    return augment
+    def __call__(self, images, seed):
+        return self.apply(images, self.parameters(ops.shape(images)[0], seed))
+
+
+def build_augmentation(aug: DictConfig) -> Augmentation | None:
+    """The batch augmentation an `augmentation` config asks for; None when it asks for nothing."""
+    augmentation = Augmentation(aug)
+    return augmentation if augmentation else None
 
 
 class DeviceAugmentation(layers.Layer):
-    """`augment` as a model's first layer (`trainer.augment_on=model`): it runs where the model runs, the
-    GPU when there is one, and only in training."""
+    """`augment` as a model's first layer (`trainer.augment_on=model`, and always under JAX): it runs where the
+    model runs, the GPU when there is one, and only in training."""
 
-    def __init__(self, augment: Augment, seed: int, **kwargs):
+    def __init__(self, augment: Augmentation, seed: int, **kwargs):
         super().__init__(dtype="float32", **kwargs)  # pixels stay float32 under a mixed-precision policy
         self.augment = augment
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=False):
-        if not training:
-            return images
-        return self.augment(images, tf.cast(self.seed_generator.next(), tf.int32))
+        return self.augment(images, self.seed_generator) if training else images
 
 
-def _as_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of in-memory arrays as float32 (images, labels (n, 1)), for backends without tf.data.
+
+    With a `seed`, each epoch is a new shuffle (or, with `oversample`, class-balanced draws: half of each batch
+    from each class, reshuffled per class as it runs out), one pass's worth of images either way; without one,
+    file order (evaluation). Two threads prepare the next batches while the model trains on this one.
+    """
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None, oversample=False
+    ):
+        super().__init__(workers=2, use_multiprocessing=False, max_queue_size=8)
+        self.images, self.labels, self.batch_size = images, labels.reshape(-1, 1), batch_size
+        self.rng = None if seed is None else np.random.default_rng(seed)
+        self.oversample = oversample
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        n = len(self.labels)
+        if self.rng is None:
+            return np.arange(n)
+        if not self.oversample:
+            return self.rng.permutation(n)
+        by_class = [np.flatnonzero(self.labels[:, 0] == c) for c in (0, 1)]
+        picks = self.rng.integers(0, 2, n)
+        order = np.empty(n, np.int64)
+        for c, members in enumerate(by_class):
+            wanted = int((picks == c).sum())
+            reshuffled = [self.rng.permutation(members) for _ in range(-(-wanted // len(members)))]
+            order[picks == c] = np.concatenate(reshuffled)[:wanted]
+        return order
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.images[rows].astype(np.float32), self.labels[rows].astype(np.float32)
+
+    def on_epoch_end(self) -> None:
+        if self.rng is not None:
+            self.order = self._order()
 
 
-def train_dataset(
+def train_batches(
     images: np.ndarray,
     labels: np.ndarray,
     batch_size: int,
     seed: int,
-    augment: Augment | None = None,
+    augment: Augmentation | None = None,
     oversample: bool = False,
-) -> tf.data.Dataset:
-    """Shuffled (or class-balanced when `oversample`), batched, augmented, prefetched training batches.
+):
+    """Shuffled (or class-balanced when `oversample`) training batches, augmented in the feed when `augment` is
+    given (TensorFlow's tf.data only: elsewhere the model's first layer augments). One epoch is `len(images)`
+    examples either way, so epochs stay comparable across weightings."""
+    if keras.backend.backend() == "tensorflow":
+        from ablation import backend
 
-    One epoch is `len(images)` examples either way, so epochs stay comparable across weightings.
-    """
-    labels = labels.reshape(-1, 1)
-    if oversample:
-        per_class = [
-            tf.data.Dataset.from_tensor_slices((images[mask], labels[mask]))
-            .shuffle(int(mask.sum()), seed=seed, reshuffle_each_iteration=True)
-            .repeat()
-            for mask in (labels[:, 0] == 0, labels[:, 0] == 1)
-        ]
-        ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed)
-        ds = ds.take(len(images))
-    else:
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(_as_float, num_parallel_calls=AUTOTUNE)
+        return backend.tf_train_dataset(images, labels, batch_size, seed, augment, oversample)
     if augment is not None:
-        # A stateless seed per batch: the same for the same seed, new ones every epoch.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda batch, batch_seed: (augment(batch[0], batch_seed), batch[1]), num_parallel_calls=AUTOTUNE
-        )
-    return ds.prefetch(AUTOTUNE)
+        backend_name = keras.backend.backend()
+        raise ValueError(f"augmentation in the input feed needs tf.data; under {backend_name} the model augments")
+    return ArrayBatches(images, labels, batch_size, seed, oversample)
 
 
-def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
     """Batches in file order, no augmentation: validation and test."""
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.reshape(-1, 1)))
-    return ds.batch(batch_size).map(_as_float, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    if keras.backend.backend() == "tensorflow":
+        from ablation import backend
+
+        return backend.tf_eval_dataset(images, labels, batch_size)
+    return ArrayBatches(images, labels, batch_size)

@@ -2,7 +2,8 @@
 
 The kept model is the epoch with the best `trainer.monitor` on validation (default: validation ROC
 AUC, which ignores the threshold and the class balance); the threshold is `trainer.threshold` or,
-with `trainer.tune_threshold`, Youden's J on validation. The test split is evaluated once, at the end.
+with `trainer.tune_threshold`, chosen on validation by `trainer.threshold_rule` (Youden's J, or midway between
+the classes). The test split is evaluated once, at the end.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
-import tensorflow as tf
 from omegaconf import DictConfig
-from tensorflow.python.framework import config as tf_config  # disable_op_determinism has no public alias
 
-from ablation import interrupts, pipeline
+from ablation import backend, interrupts, pipeline
 from ablation.config import MONITORS, AugmentOn, Schedule
 from ablation.data import ChestXray, load_data
-from ablation.metrics import binary_metrics, sigmoid, youden_threshold
+from ablation.metrics import THRESHOLD_RULES, binary_metrics, sigmoid
 from ablation.models import build_model
 
 log = logging.getLogger(__name__)
@@ -45,28 +44,6 @@ class TrainResult:
     class_weights: dict[int, float] | None
     kept_metrics: dict[str, float] = field(default_factory=dict)  # validation metrics of the kept epoch
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def configure_devices() -> None:
-    """Let jobs share a GPU: allocate its memory as needed, not all of it up front."""
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised by an earlier job in this process
-            pass
-
-
-def set_up(cfg: DictConfig) -> None:
-    """A clean, seeded framework state for one run: a sweep may run several jobs in one process."""
-    configure_devices()
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(cfg.seed)
-    # Deterministic ops also turn XLA off (Keras refuses jit_compile under op determinism).
-    if cfg.trainer.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    else:
-        tf_config.disable_op_determinism()
-    keras.mixed_precision.set_global_policy(str(cfg.trainer.precision))
 
 
 def build_optimizer(cfg: DictConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -99,7 +76,8 @@ def compile_model(model: keras.Model, cfg: DictConfig, train_images: int) -> Non
         optimizer=build_optimizer(cfg, math.ceil(train_images / cfg.batch_size)),
         loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=cfg.trainer.label_smoothing),
         metrics=training_metrics(),
-        jit_compile=cfg.trainer.jit_compile,
+        # JAX always compiles the step with XLA: without jit it runs op by op, many times slower.
+        jit_compile=cfg.trainer.jit_compile or not backend.TENSORFLOW,
         steps_per_execution=cfg.trainer.steps_per_execution,
     )
 
@@ -125,11 +103,11 @@ class RaiseSwallowedInterrupt(keras.callbacks.Callback):
     on_test_batch_end = on_predict_batch_end = on_train_batch_end
 
 
-def predict_probabilities(model: keras.Model, ds: tf.data.Dataset) -> np.ndarray:
+def predict_probabilities(model: keras.Model, ds) -> np.ndarray:
     return sigmoid(model.predict(ds, verbose=0).ravel())
 
 
-def _with_device_augmentation(model: keras.Model, augment: pipeline.Augment, seed: int) -> keras.Model:
+def _with_device_augmentation(model: keras.Model, augment: pipeline.Augmentation, seed: int) -> keras.Model:
     """Augmentation as the first layer: it runs where the model runs (the GPU) and only in training.
 
     The kept model is the bare network, so inference and saved models never carry it.
@@ -152,15 +130,18 @@ def _fit(
     # With a weight average, validation and the kept-epoch snapshot both see the averaged weights:
     # the swap comes before EarlyStopping in the list, so its snapshot at each epoch's end is the average.
     average = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.optimizer.ema else []
-    fit = trained.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=cfg.epochs,
-        class_weight=data.class_weights(cfg.class_weighting.name),
-        shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=[keras.callbacks.TerminateOnNaN(), RaiseSwallowedInterrupt(), *average, best, *callbacks],
-        verbose=cfg.trainer.verbose,
-    )
+    try:
+        fit = trained.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            class_weight=data.class_weights(cfg.class_weighting.name),
+            shuffle=False,  # the feed shuffles
+            callbacks=[keras.callbacks.TerminateOnNaN(), RaiseSwallowedInterrupt(), *average, best, *callbacks],
+            verbose=cfg.trainer.verbose,
+        )
+    except Exception as error:
+        raise (backend.explain(error) or error) from error
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
@@ -181,8 +162,8 @@ def load(cfg: DictConfig) -> ChestXray:
     )
 
 
-def _train_dataset(cfg: DictConfig, data: ChestXray, augment: pipeline.Augment | None) -> tf.data.Dataset:
-    return pipeline.train_dataset(
+def _train_batches(cfg: DictConfig, data: ChestXray, augment: pipeline.Augmentation | None):
+    return pipeline.train_batches(
         data.train.images,
         data.train.labels,
         cfg.batch_size,
@@ -196,17 +177,18 @@ def train(
     cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (), data: ChestXray | None = None
 ) -> TrainResult:
     """Train one configuration on the real data and evaluate it once on the test split."""
-    set_up(cfg)
+    backend.set_up(cfg)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     data = data or load(cfg)
     timings["data_seconds"] = time.perf_counter() - start
 
     augment = pipeline.build_augmentation(cfg.augmentation)
-    on_device = cfg.trainer.augment_on == AugmentOn.model
-    train_ds = _train_dataset(cfg, data, None if on_device else augment)
-    val_ds = pipeline.eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
-    test_ds = pipeline.eval_dataset(data.test.images, data.test.labels, cfg.batch_size)
+    # Only TensorFlow has an input pipeline to augment in (tf.data); elsewhere the model's first layer augments.
+    on_device = cfg.trainer.augment_on == AugmentOn.model or not backend.TENSORFLOW
+    train_ds = _train_batches(cfg, data, None if on_device else augment)
+    val_ds = pipeline.eval_batches(data.val.images, data.val.labels, cfg.batch_size)
+    test_ds = pipeline.eval_batches(data.test.images, data.test.labels, cfg.batch_size)
     model = build_model(cfg.model.name, data.train.images.shape[1:], cfg.dropout, cfg.batchnorm)
     trained = _with_device_augmentation(model, augment, cfg.seed) if on_device and augment else model
     compile_model(trained, cfg, len(data.train.labels))
@@ -220,7 +202,7 @@ def train(
     threshold = cfg.trainer.threshold
     val_probabilities = predict_probabilities(model, val_ds)
     if cfg.trainer.tune_threshold:
-        threshold = youden_threshold(data.val.labels, val_probabilities)
+        threshold = THRESHOLD_RULES[cfg.trainer.threshold_rule](data.val.labels, val_probabilities)
     probabilities = predict_probabilities(model, test_ds)
     timings["eval_seconds"] = time.perf_counter() - start
     keras.mixed_precision.set_global_policy("float32")  # the next job in this process starts clean

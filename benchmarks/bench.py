@@ -49,9 +49,11 @@ from ablation.data import ChestXray, load_data  # noqa: E402
 from ablation.models import build_model, build_resnet50  # noqa: E402
 from ablation.tracking import ROLE  # noqa: E402
 from ablation.train import compile_model  # noqa: E402
+from benchmarks.backends import measure_backends  # noqa: E402
+from benchmarks.gpu import H200_BF16_TFLOPS, TRAIN_GFLOP_224  # noqa: E402
 
 # The accelerator section runs by default only where TensorFlow sees a GPU.
-SECTIONS = ("load", "pipeline", "epochs", "eval", "sweep", "resnet50", "accelerator", "report")
+SECTIONS = ("load", "pipeline", "epochs", "eval", "sweep", "resnet50", "backends", "accelerator", "report")
 # Figure -> (comparison, bound): what the issue asks of this 2-core machine.
 TARGETS = {
     "pipeline_over_cnn": (">=", 10.0),
@@ -495,8 +497,6 @@ def resnet50_vs_keras(
 # --- on an accelerator: precision and XLA (planned; see docs/performance.md) ------------------------
 
 # Training FLOPs per 224 px image: forward 8.2 (ResNet-50) and 3.6 (ResNet-18) GFLOP, backward ~2x that.
-TRAIN_GFLOP_224 = {"resnet50": 24.5, "resnet18": 10.9}
-H200_BF16_TFLOPS = 990.0  # dense, no sparsity
 
 
 def measure_accelerator(
@@ -700,6 +700,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resnet-steps", type=int, default=3, help="ResNet-50 steps per timed round")
     parser.add_argument("--resnet-rounds", type=int, default=5)
     parser.add_argument("--sweep-jobs", type=int, default=4, help="jobs of the timed sweep (the README's smallest: 6)")
+    parser.add_argument("--backend-rounds", type=int, default=3, help="timed epochs of TF vs JAX, interleaved")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="sections to run (default: all)")
     parser.add_argument("--accel-batch", type=int, default=128, help="batch of the accelerator section")
     parser.add_argument("--accel-size", type=int, default=224, help="image side of the accelerator section")
@@ -761,6 +762,10 @@ def main(argv: list[str] | None = None) -> dict:
         section(
             "resnet50",
             lambda: resnet50_vs_keras(args.image_size, 32, args.resnet_steps, args.resnet_rounds, channels=1),
+        )
+        section(
+            "backends",
+            lambda: measure_backends(root, work / "cache", image_size=args.image_size, rounds=args.backend_rounds),
         )
         section("report", lambda: measure_report(work))
         section(

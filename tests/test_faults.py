@@ -340,6 +340,39 @@ def test_an_interrupt_that_a_clean_up_turns_into_another_error_still_ends_the_ru
     assert run.info.status == "KILLED" and run.data.tags["error"].startswith("interrupted (exit 144")
 
 
+def test_an_op_without_a_deterministic_gpu_kernel_fails_the_run_naming_the_op_and_the_switch(
+    tmp_path, cache_dir, monkeypatch
+):
+    """TensorFlow's op determinism raises UnimplementedError on a GPU for an op that has no deterministic kernel (a
+    segment reduction behind the AUC metric on some platforms). Injected here mid-fit, as TensorFlow raises it."""
+    import tensorflow as tf
+
+    import ablation.train
+    from ablation.job import run_job
+
+    def no_deterministic_kernel(self, batch, logs=None):
+        raise tf.errors.UnimplementedError(
+            None,
+            None,
+            "Graph execution error:\n\nDetected at node UnsortedSegmentSum defined at (most recent call last):\n"
+            "Deterministic GPU implementation of unsorted segment reduction op not available.\n"
+            "\t [[{{node UnsortedSegmentSum}}]] [Op:__inference_one_step_on_iterator_4242]",
+        )
+
+    monkeypatch.setattr(ablation.train.RaiseSwallowedInterrupt, "on_train_batch_end", no_deterministic_kernel)
+    runs = tmp_path / "runs"
+    with (
+        pytest.raises(Exception, match="trainer.deterministic=false"),
+        hydra_job(tmp_path, cache_dir, "tracking.experiment=determinism") as cfg,
+    ):
+        run_job(cfg)
+    client = mlflow.MlflowClient(f"sqlite:///{runs}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("determinism").experiment_id])
+    error = run.data.tags["error"]
+    assert run.info.status == "FAILED" and error.startswith("NonDeterministicOpError: Deterministic GPU implementation")
+    assert "(op UnsortedSegmentSum)" in error and "train with trainer.deterministic=false" in error
+
+
 def test_the_entry_point_returns_the_kept_validation_metric_never_a_test_metric():
     """What an optimising sweeper (Optuna) maximises: `trainer.monitor` at the kept epoch; NaN when nothing trained."""
     from ablation.job import objective

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import open_dict
 from sklearn import metrics
 
-from ablation.metrics import binary_metrics, youden_threshold
+from ablation.metrics import binary_metrics, midpoint_threshold, youden_threshold
 from ablation.train import NonFiniteLossError, train
 
 
@@ -27,6 +27,18 @@ def test_youden_threshold_maximises_j():
     probs = np.array([0.1, 0.2, 0.6, 0.7, 0.8, 0.9])
     # J = 1 at 0.7 only (tpr 1, fpr 0); 0.6 gives fpr 1/3 and 0.8 tpr 2/3
     assert youden_threshold(labels, probs) == 0.7
+
+
+def test_midpoint_threshold_lies_between_the_class_medians_in_logit_space():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.05, 0.1, 0.3, 0.6, 0.9, 0.95, 0.99])
+    # Median logits: logit(0.1) = -ln 9 for the normals; for the four pneumonias the mean of the middle two,
+    # (logit(0.9) + logit(0.95)) / 2 = (ln 9 + ln 19) / 2.
+    middle = (-np.log(9) + (np.log(9) + np.log(19)) / 2) / 2
+    assert midpoint_threshold(labels, probs) == pytest.approx(1 / (1 + np.exp(-middle)))
+    # Youden's J sits at the pneumonias' edge (0.6: every one caught, no normal above it); the midpoint keeps a
+    # margin from both classes: above the normals' median, below the pneumonias'.
+    assert youden_threshold(labels, probs) == 0.6 and 0.1 < midpoint_threshold(labels, probs) < 0.9
 
 
 def test_train_returns_a_complete_result(tiny_cfg):
@@ -53,14 +65,17 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_cfg):
 
 
 @pytest.mark.slow  # trains more than once, or longer than a fast test should
-def test_threshold_tuned_on_validation_not_test(tiny_cfg):
+@pytest.mark.parametrize("rule", ["youden", "midpoint"])
+def test_threshold_tuned_on_validation_not_test(tiny_cfg, rule):
     with open_dict(tiny_cfg):
         tiny_cfg.trainer.tune_threshold = True
+        tiny_cfg.trainer.threshold_rule = rule
         tiny_cfg.class_weighting.name = "oversample"
     result = train(tiny_cfg)
     val = result.data.val
     logits = result.model.predict(val.images.astype(np.float32), verbose=0).ravel()
-    assert result.threshold == pytest.approx(youden_threshold(val.labels, 1 / (1 + np.exp(-logits.astype(float)))))
+    chosen = {"youden": youden_threshold, "midpoint": midpoint_threshold}[rule]
+    assert result.threshold == pytest.approx(chosen(val.labels, 1 / (1 + np.exp(-logits.astype(float)))))
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
