@@ -42,7 +42,7 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
-from tensorflow.python.framework import config as tf_config  # noqa: E402  # as ablation.train
+from tensorflow.python.framework import config as tf_config  # noqa: E402  # as ablation.backend
 
 from ablation import pipeline  # noqa: E402
 from ablation.data import ChestXray, load_data  # noqa: E402
@@ -240,7 +240,7 @@ def measure_pipeline(
     augment = pipeline.build_augmentation(cfg.augmentation)
 
     def make_ds() -> tf.data.Dataset:
-        return pipeline.train_dataset(data.train.images, data.train.labels, cfg.batch_size, cfg.seed, augment=augment)
+        return pipeline.train_batches(data.train.images, data.train.labels, cfg.batch_size, cfg.seed, augment=augment)
 
     with op_determinism(deterministic):
         batches = [(x, y) for x, y in make_ds().take(8)]  # augmented, float32: what the step gets
@@ -248,7 +248,7 @@ def measure_pipeline(
     images, labels, files = data.train.images, data.train.labels, data.train.files
     feeds: dict[str, Callable[[], tf.data.Dataset]] = {
         "xray": make_ds,
-        "plain": lambda: pipeline.train_dataset(images, labels, cfg.batch_size, cfg.seed),
+        "plain": lambda: pipeline.train_batches(images, labels, cfg.batch_size, cfg.seed),
         "naive": lambda: naive_dataset(files, labels, images.shape[1], cfg.batch_size, cfg.seed),
     }
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in (*feeds, "cnn", "xray_free")}
@@ -318,8 +318,8 @@ def measure_epochs(cfg: DictConfig, data: ChestXray, model: keras.Model, images:
     with op_determinism(bool(cfg.trainer.deterministic)):
         feeds = {
             "naive": naive_dataset(files, y, x.shape[1], cfg.batch_size, cfg.seed),
-            "ours": pipeline.train_dataset(x, y, cfg.batch_size, cfg.seed),
-            "ours_xray": pipeline.train_dataset(x, y, cfg.batch_size, cfg.seed, augment=augment),
+            "ours": pipeline.train_batches(x, y, cfg.batch_size, cfg.seed),
+            "ours_xray": pipeline.train_batches(x, y, cfg.batch_size, cfg.seed, augment=augment),
         }
         for ds in feeds.values():
             model.fit(ds, epochs=1, steps_per_epoch=5, class_weight=class_weight, verbose=0)
@@ -353,7 +353,7 @@ def measure_epochs(cfg: DictConfig, data: ChestXray, model: keras.Model, images:
 def measure_eval(cfg: DictConfig, data: ChestXray, model: keras.Model, rounds: int = 3) -> dict:
     """Images/s of the per-epoch validation pass (`model.evaluate` on `eval_dataset`)."""
     with op_determinism(bool(cfg.trainer.deterministic)):
-        ds = pipeline.eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
+        ds = pipeline.eval_batches(data.val.images, data.val.labels, cfg.batch_size)
         model.evaluate(ds, verbose=0)  # tracing
         rates = []
         for _ in range(rounds):
