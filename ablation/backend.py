@@ -84,7 +84,7 @@ def requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in ["keras", *framework]]
 
 
-def explain(error: Exception) -> Exception | None:
+def clearer_error(error: Exception) -> Exception | None:
     """A clearer error for a known framework failure, or None. TensorFlow's op determinism raises
     `UnimplementedError` for an op with no deterministic GPU kernel (segment reductions behind an AUC metric on
     some platforms, depthwise convolutions with old cuDNN); the run can only go on without determinism."""

@@ -53,6 +53,11 @@ class AugmentOn(StrEnum):
     model = "model"  # as the model's first layer, where the model runs
 
 
+class Stem(StrEnum):  # the ResNets' first layers (ablation.models); the cnn has only imagenet, its own
+    imagenet = "imagenet"
+    small = "small"
+
+
 class Backend(StrEnum):  # Keras 3's backend (ablation.backend); chosen before Keras starts
     tensorflow = "tensorflow"
     jax = "jax"
@@ -69,6 +74,7 @@ def lower_is_better(metric: str) -> bool:
 @dataclass
 class ModelConf:
     name: str = MISSING
+    stem: Stem = Stem.imagenet
 
 
 @dataclass
@@ -248,13 +254,17 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(trainer.steps_per_execution >= 1, "trainer.steps_per_execution", trainer.steps_per_execution, "an int >= 1")
 
+    stem = str(cfg.model.stem)
+    _check(
+        stem == Stem.imagenet or cfg.model.name != "cnn", "model.stem", stem, "imagenet for the cnn (it has no stem)"
+    )
     data = cfg.data
-    minimum = min_image_size(cfg.model.name)
+    minimum = min_image_size(cfg.model.name, stem)
     _check(
         data.image_size >= minimum,
         "data.image_size",
         data.image_size,
-        f"an int >= {minimum} for model {cfg.model.name} (its downsampling)",
+        f"an int >= {minimum} for model {cfg.model.name} with model.stem={stem} (its downsampling)",
     )
     _check(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
     cap = data.max_train_per_class

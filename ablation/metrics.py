@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import logit
 from sklearn import metrics
 
 
@@ -42,7 +43,7 @@ def midpoint_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     median logits, as a probability. Where validation separates the classes almost perfectly, Youden's J sits at
     the edge of one class (wherever its last errors are), so a shift of that class on new data crosses it; the
     midpoint keeps a margin from both."""
-    logits = np.log(np.clip(probabilities, 1e-12, 1)) - np.log(np.clip(1 - probabilities, 1e-12, 1))
+    logits = logit(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1 - 1e-12))
     labels = np.asarray(labels)
     middle = (np.median(logits[labels == 0]) + np.median(logits[labels == 1])) / 2
     return float(np.clip(sigmoid(middle), 1e-6, 1 - 1e-6))

@@ -45,26 +45,40 @@ def _batchnorm(x, name: str, epsilon: float = 1e-3):
 _DOWNSAMPLING_STEPS = {"cnn": 5, "resnet18": 5, "resnet50": 5}
 
 
-def min_image_size(name: str) -> int:
+# The ResNets' stems (`model.stem`): ImageNet's 7x7 stride-2 convolution and 3x3 stride-2 max-pool, or the small-input
+# stem of the CIFAR and MedMNIST ResNets, one 3x3 stride-1 convolution and no pool. At 64 px the ImageNet stem leaves
+# 2x2 maps in the last stage and the small one 8x8, at about the cost of the ImageNet stem at 256 px.
+STEMS = ("imagenet", "small")
+_STEM_STEPS = {"imagenet": 2, "small": 0}  # of each ResNet's 5 downsampling steps, those its stem takes
+
+
+def min_image_size(name: str, stem: str = "imagenet") -> int:
     """Smallest image side the network's downsampling accepts (its total stride)."""
-    _check_name(name)
-    return 2 ** _DOWNSAMPLING_STEPS[name]
+    _check_name(name, stem)
+    steps = _DOWNSAMPLING_STEPS[name] - (_STEM_STEPS["imagenet"] - _STEM_STEPS[stem])
+    return 2**steps
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, stem: str = "imagenet") -> None:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}")
+    if stem not in STEMS or (stem != "imagenet" and name == "cnn"):
+        allowed = "imagenet (the cnn has no stem to change)" if name == "cnn" else " or ".join(STEMS)
+        raise ValueError(f"model.stem={stem!r} is not allowed for {name}: {allowed}")
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], dropout: float, batchnorm: bool) -> keras.Model:
+def build_model(
+    name: str, input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet"
+) -> keras.Model:
     """The network `name` for images of `input_shape`; refuses unknown names and too-small images."""
-    _check_name(name)
-    side, minimum = min(input_shape[:2]), min_image_size(name)
+    side, minimum = min(input_shape[:2]), min_image_size(name, stem)
     if side < minimum:
         raise ValueError(
             f"data.image_size={side} is too small for {name}: its downsampling needs at least {minimum} px"
         )
-    return MODELS[name](input_shape, dropout, batchnorm)
+    if name == "cnn":
+        return build_cnn(input_shape, dropout, batchnorm)
+    return MODELS[name](input_shape, dropout, batchnorm, stem=stem)
 
 
 def backbone(model: keras.Model) -> keras.Model:
@@ -185,7 +199,12 @@ def stage(x, block: Callable, filters: int, blocks: int, strides: int, batchnorm
     return x
 
 
-def _resnet_stem(x, batchnorm: bool):
+def _resnet_stem(x, batchnorm: bool, stem: str = "imagenet"):
+    if stem == "small":
+        x = layers.Conv2D(64, 3, padding="same", use_bias=not batchnorm, name="stem_conv")(x)
+        if batchnorm:
+            x = _batchnorm(x, "stem_bn", BN_EPSILON)
+        return layers.ReLU(name="stem_relu")(x)
     # Explicit zero padding and unpadded layers, exactly as keras.applications.ResNet50.
     x = layers.ZeroPadding2D(3, name="stem_pad")(x)
     x = layers.Conv2D(64, 7, strides=2, use_bias=not batchnorm, name="stem_conv")(x)
@@ -203,9 +222,10 @@ def _resnet(
     input_shape: tuple[int, int, int],
     dropout: float,
     batchnorm: bool,
+    stem: str = "imagenet",
 ) -> keras.Model:
     inputs, x = _inputs(input_shape)
-    x = _resnet_stem(x, batchnorm)
+    x = _resnet_stem(x, batchnorm, stem)
     for i, (filters, blocks) in enumerate(zip((64, 128, 256, 512), stage_blocks, strict=True)):
         # Stages are numbered from 2 (the stem is stage 1), as in the paper and in Keras' layer names.
         x = stage(x, block, filters, blocks, 1 if i == 0 else 2, batchnorm, f"stage{i + 2}")
@@ -215,20 +235,24 @@ def _resnet(
     return keras.Model(inputs, _logit(x), name=name)
 
 
-def build_resnet18(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool) -> keras.Model:
+def build_resnet18(
+    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet"
+) -> keras.Model:
     """ResNet-18 (He et al. 2016): basic blocks in stages of [2, 2, 2, 2]."""
-    return _resnet("resnet18", basic_block, (2, 2, 2, 2), input_shape, dropout, batchnorm)
+    return _resnet("resnet18", basic_block, (2, 2, 2, 2), input_shape, dropout, batchnorm, stem)
 
 
-def build_resnet50(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool) -> keras.Model:
+def build_resnet50(
+    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet"
+) -> keras.Model:
     """ResNet-50 v1: bottleneck blocks in stages of [3, 4, 6, 3].
 
-    The backbone is keras.applications.ResNet50's, less the bias of every conv (BN cancels them).
+    With the ImageNet stem the backbone is keras.applications.ResNet50's, less the bias of every conv (BN cancels them).
     """
-    return _resnet("resnet50", bottleneck_block, (3, 4, 6, 3), input_shape, dropout, batchnorm)
+    return _resnet("resnet50", bottleneck_block, (3, 4, 6, 3), input_shape, dropout, batchnorm, stem)
 
 
-MODELS: dict[str, Callable[[tuple[int, int, int], float, bool], keras.Model]] = {
+MODELS: dict[str, Callable[..., keras.Model]] = {
     "cnn": build_cnn,
     "resnet18": build_resnet18,
     "resnet50": build_resnet50,

@@ -16,6 +16,8 @@ import numpy as np
 from keras import layers, ops
 from omegaconf import DictConfig
 
+from ablation import backend
+
 
 class Augmentation:
     """Flip, rotation, shift, zoom and aspect stretch compose into one affine map per image, so each batch is
@@ -155,20 +157,15 @@ def train_batches(
     """Shuffled (or class-balanced when `oversample`) training batches, augmented in the feed when `augment` is
     given (TensorFlow's tf.data only: elsewhere the model's first layer augments). One epoch is `len(images)`
     examples either way, so epochs stay comparable across weightings."""
-    if keras.backend.backend() == "tensorflow":
-        from ablation import backend
-
+    if backend.TENSORFLOW:
         return backend.tf_train_dataset(images, labels, batch_size, seed, augment, oversample)
     if augment is not None:
-        backend_name = keras.backend.backend()
-        raise ValueError(f"augmentation in the input feed needs tf.data; under {backend_name} the model augments")
+        raise ValueError(f"augmentation in the input feed needs tf.data; under {backend.NAME} the model augments")
     return ArrayBatches(images, labels, batch_size, seed, oversample)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
     """Batches in file order, no augmentation: validation and test."""
-    if keras.backend.backend() == "tensorflow":
-        from ablation import backend
-
+    if backend.TENSORFLOW:
         return backend.tf_eval_dataset(images, labels, batch_size)
     return ArrayBatches(images, labels, batch_size)

@@ -141,7 +141,7 @@ def _fit(
             verbose=cfg.trainer.verbose,
         )
     except Exception as error:
-        raise (backend.explain(error) or error) from error
+        raise (backend.clearer_error(error) or error) from error
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
@@ -189,7 +189,7 @@ def train(
     train_ds = _train_batches(cfg, data, None if on_device else augment)
     val_ds = pipeline.eval_batches(data.val.images, data.val.labels, cfg.batch_size)
     test_ds = pipeline.eval_batches(data.test.images, data.test.labels, cfg.batch_size)
-    model = build_model(cfg.model.name, data.train.images.shape[1:], cfg.dropout, cfg.batchnorm)
+    model = build_model(cfg.model.name, data.train.images.shape[1:], cfg.dropout, cfg.batchnorm, str(cfg.model.stem))
     trained = _with_device_augmentation(model, augment, cfg.seed) if on_device and augment else model
     compile_model(trained, cfg, len(data.train.labels))
 

@@ -154,7 +154,8 @@ def test_a_job_cannot_switch_the_backend_keras_already_runs(monkeypatch):
 def test_jax_is_chosen_before_keras_starts_with_shared_memory_and_deterministic_kernels(monkeypatch):
     monkeypatch.delitem(sys.modules, "keras")  # as in a job's fresh process; restored after the test
     for key in ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_FLAGS"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so that what select_backend sets is undone after the test
+        monkeypatch.delenv(key)
     devices.select_backend("jax", deterministic=True)
     env = devices.os.environ
     assert env["KERAS_BACKEND"] == "jax" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
@@ -165,7 +166,8 @@ def test_jax_is_chosen_before_keras_starts_with_shared_memory_and_deterministic_
 
 
 def test_the_backend_is_a_config_key_from_keras_backend(monkeypatch):
-    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_BACKEND", "")
+    monkeypatch.delenv("KERAS_BACKEND")
     assert compose_config().trainer.backend == "tensorflow"
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     assert compose_config().trainer.backend == "jax"

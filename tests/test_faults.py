@@ -285,6 +285,7 @@ REFUSED = [
     ("epochs=0", "epochs=0 is not allowed: an int >= 1"),
     ("data.image_size=0", "data.image_size=0 is not allowed: an int >= "),
     ("data.root=/nonexistent/chest_xray", "data.root='/nonexistent/chest_xray' is not allowed: an existing folder"),
+    ("model.stem=small", "model.stem='small' is not allowed: imagenet for the cnn"),
 ]
 
 

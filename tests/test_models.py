@@ -119,6 +119,25 @@ def test_refuses_an_image_smaller_than_the_downsampling(name):
         build_model(name, (small, small, 1), 0.0, True)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_the_small_input_stem_keeps_the_resolution_for_the_stages(name):
+    """`model.stem=small`: one 3x3 stride-1 convolution and no pool, so at 64 px the last stage's map is 8x8, not
+    2x2; the stages themselves are unchanged, and the network then takes images down to 8 px."""
+    imagenet, small = (backbone(build_model(name, SHAPE, 0.0, True, stem)) for stem in ("imagenet", "small"))
+    assert imagenet.output_shape[1:3] == (2, 2) and small.output_shape[1:3] == (8, 8)
+    assert small.output_shape[-1] == imagenet.output_shape[-1]
+    stem_conv = small.get_layer("stem_conv")
+    assert stem_conv.kernel_size == (3, 3) and stem_conv.strides == (1, 1)
+    assert not [layer for layer in small.layers if layer.name.startswith("stem_pool")]
+    assert min_image_size(name, "small") == 8
+    build_model(name, (8, 8, 1), 0.0, True, "small")
+
+
+def test_the_cnn_has_no_stem_to_change():
+    with pytest.raises(ValueError, match=r"model\.stem='small' is not allowed for cnn: imagenet \(the cnn"):
+        build_model("cnn", SHAPE, 0.0, True, "small")
+
+
 def test_refuses_an_unknown_model():
     with pytest.raises(ValueError, match=r"unknown model 'vgg16': choose one of cnn, resnet18, resnet50"):
         build_model("vgg16", SHAPE, 0.0, True)
