@@ -32,7 +32,20 @@ PUBLISHED = {  # ResNet-50 training, mixed precision, images/s: what others repo
 }
 
 
-def measure(models, precisions, data_root: str, cache_dir: str, image_size: int, batch_size: int, steps: int, rounds):
+def measure(
+    models,
+    precisions,
+    data_root,
+    cache_dir,
+    image_size: int,
+    batch_size: int,
+    steps: int,
+    rounds: int,
+    out: str | None = None,
+    figures: dict | None = None,
+) -> dict:
+    """Each variant's figures, added to `figures` and written to `out` (JSON) as soon as it is measured: a time limit
+    then keeps what was done."""
     import keras
     from hydra import compose, initialize_config_dir
 
@@ -44,7 +57,8 @@ def measure(models, precisions, data_root: str, cache_dir: str, image_size: int,
 
     register()
     data = None
-    figures: dict = {"backend": keras.backend.backend()}
+    figures = {} if figures is None else figures
+    figures["backend"] = keras.backend.backend()
     for precision in precisions:
         overrides = [f"data.image_size={image_size}", f"batch_size={batch_size}", f"trainer.precision={precision}"]
         with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
@@ -79,6 +93,8 @@ def measure(models, precisions, data_root: str, cache_dir: str, image_size: int,
                 figures[f"{key}_tflop_s"] = round(rate * gflop / 1e3, 1)
                 figures[f"{key}_of_h200_bf16_ceiling"] = round(rate * gflop / 1e3 / H200_BF16_TFLOPS, 3)
             print(f"[gpu] {key}: {rate:.1f} images/s (first epoch {compile_s:.1f} s)", flush=True)
+            if out:
+                Path(out).write_text(json.dumps(figures, indent=2))
             del model
             keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("float32")
@@ -140,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", default=str(PROJECT / ".gpu" / "chest_xray"))
     parser.add_argument("--cache-dir", default="/tmp/ablation-gpu-cache")
     parser.add_argument("--models", nargs="+", default=["resnet50", "resnet18"])
-    parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
+    parser.add_argument("--precisions", nargs="+", default=["mixed_bfloat16", "float32"])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="training steps per timed epoch")
@@ -162,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {"python": platform.python_version(), "devices": devices()}
     figures["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     sizes = (args.image_size, args.batch_size, args.steps, args.rounds)
-    figures |= measure(args.models, args.precisions, args.data_root, args.cache_dir, *sizes)
+    measure(args.models, args.precisions, args.data_root, args.cache_dir, *sizes, out=args.out, figures=figures)
     figures["published_resnet50_mixed_img_s"] = PUBLISHED
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
