@@ -351,7 +351,7 @@ def measure_epochs(cfg: DictConfig, data: ChestXray, model: keras.Model, images:
 
 
 def measure_eval(cfg: DictConfig, data: ChestXray, model: keras.Model, rounds: int = 3) -> dict:
-    """Images/s of the per-epoch validation pass (`model.evaluate` on `eval_dataset`)."""
+    """Images/s of the per-epoch validation pass (`model.evaluate` on `eval_batches`)."""
     with op_determinism(bool(cfg.trainer.deterministic)):
         ds = pipeline.eval_batches(data.val.images, data.val.labels, cfg.batch_size)
         model.evaluate(ds, verbose=0)  # tracing
