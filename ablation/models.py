@@ -27,6 +27,8 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from ablation.config import Stem
+
 # Keras' ResNets use this epsilon; matching it keeps our ResNet-50 numerically comparable to theirs.
 BN_EPSILON = 1.001e-5
 # Keras' default moving-average momentum (0.99) needs thousands of steps before the inference
@@ -48,15 +50,14 @@ _DOWNSAMPLING_STEPS = {"cnn": 5, "resnet18": 5, "resnet50": 5}
 # The ResNets' stems (`model.stem`): ImageNet's 7x7 stride-2 convolution and 3x3 stride-2 max-pool, or the small-input
 # stem of the CIFAR and MedMNIST ResNets, one 3x3 stride-1 convolution and no pool. At 64 px the ImageNet stem leaves
 # 2x2 maps in the last stage and the small one 8x8, at about the cost of the ImageNet stem at 256 px.
-STEMS = ("imagenet", "small")
-_STEM_STEPS = {"imagenet": 2, "small": 0}  # of each ResNet's 5 downsampling steps, those its stem takes
+STEMS = tuple(Stem)
+SMALL_STEM_SAVES = 2  # of a ResNet's 5 downsampling steps, the ImageNet stem's two: the small stem has neither
 
 
 def min_image_size(name: str, stem: str = "imagenet") -> int:
     """Smallest image side the network's downsampling accepts (its total stride)."""
     _check_name(name, stem)
-    steps = _DOWNSAMPLING_STEPS[name] - (_STEM_STEPS["imagenet"] - _STEM_STEPS[stem])
-    return 2**steps
+    return 2 ** (_DOWNSAMPLING_STEPS[name] - (SMALL_STEM_SAVES if stem == Stem.small else 0))
 
 
 def _check_name(name: str, stem: str = "imagenet") -> None:

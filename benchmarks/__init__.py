@@ -1,1 +1,24 @@
-"""Developer tools: the benchmark (python -m benchmarks.bench)."""
+"""Benchmarks of the framework (developers): `python -m benchmarks.bench`, `.backends`, `.gpu`.
+
+Shared here, free of any framework import: the project's config as `python -m ablation` composes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The project's root config with `overrides`, composed as `python -m ablation` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from ablation.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))

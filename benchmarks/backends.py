@@ -21,25 +21,21 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
+from benchmarks import PROJECT, compose
+
 BACKENDS = ("tensorflow", "jax")
 
 
 def worker(settings: dict) -> None:
     """Under the backend KERAS_BACKEND names: answer each model name on stdin with one timed epoch's images/s."""
     import keras
-    from hydra import compose, initialize_config_dir
 
     from ablation import backend, pipeline
-    from ablation.config import register
     from ablation.data import load_data
     from ablation.models import build_model
     from ablation.train import compile_model
 
-    register()
-    overrides = [f"data.image_size={settings['image_size']}", f"batch_size={settings['batch_size']}"]
-    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*overrides, *settings.get("overrides", [])])
+    cfg = compose(f"data.image_size={settings['image_size']}", f"batch_size={settings['batch_size']}")
     backend.set_up(cfg)
     data = load_data(settings["data_root"], cfg.data.image_size, 0.1, 0, settings["cache_dir"])
     images, labels = data.train.images[: settings["images"]], data.train.labels[: settings["images"]]

@@ -32,8 +32,9 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks import PROJECT, compose
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-PROJECT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
 
 import keras  # noqa: E402
@@ -76,18 +77,6 @@ def median(values: Iterable[float]) -> float:
 def paired_ratio(top: list[float], bottom: list[float]) -> float:
     """Median of the per-round ratios: each pair was measured back to back, under the same load."""
     return median(a / b for a, b in zip(top, bottom, strict=True))
-
-
-def compose(*overrides: str) -> DictConfig:
-    """The project's root config with `overrides`, composed as `python -m ablation` would."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from ablation.config import register
-
-    register()
-    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
 
 
 def machine() -> dict:

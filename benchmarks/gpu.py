@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-PROJECT = Path(__file__).resolve().parents[1]
+from benchmarks import PROJECT, compose
+
 # Training FLOPs per image at 224 px (forward + backward, about 3x the forward's 2 x multiply-adds).
 TRAIN_GFLOP_224 = {"resnet50": 24.5, "resnet18": 10.9}
 H200_BF16_TFLOPS = 790.0  # dense bf16 matrix products as measured on the project's H200 (datasheet: 990)
@@ -47,22 +48,17 @@ def measure(
     """Each variant's figures, added to `figures` and written to `out` (JSON) as soon as it is measured: a time limit
     then keeps what was done."""
     import keras
-    from hydra import compose, initialize_config_dir
 
     from ablation import backend, pipeline
-    from ablation.config import register
     from ablation.data import load_data
     from ablation.models import build_model
     from ablation.train import compile_model
 
-    register()
     data = None
     figures = {} if figures is None else figures
     figures["backend"] = keras.backend.backend()
     for precision in precisions:
-        overrides = [f"data.image_size={image_size}", f"batch_size={batch_size}", f"trainer.precision={precision}"]
-        with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(f"data.image_size={image_size}", f"batch_size={batch_size}", f"trainer.precision={precision}")
         for name in models:
             backend.set_up(cfg)
             if data is None:
