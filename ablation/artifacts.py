@@ -64,14 +64,15 @@ def write(cfg: DictConfig, result: TrainResult, folder: Path) -> dict[str, float
     explain.gradcam_panel(
         result.model, result.data.test.images, labels, probs, result.threshold, folder / "gradcam_panel.png"
     )
-    save_model(result.model, folder / MODEL, result.data.test.images[:1])
+    save_model(result.scorer, folder / MODEL, result.data.test.images[:1])
     return once_metrics(cfg, result, record)
 
 
 def save_model(network: keras.Model, path: Path, example_images: np.ndarray) -> None:
-    """The kept network as an MLflow model (Keras flavor) that gives the pneumonia probability:
-    `mlflow.pyfunc.load_model` (then `.predict(images)`) and predict load it, in Keras' safe mode. Its signature and
-    input example (the first test image) say what it takes: raw pixels, (n, size, size, channels) float32."""
+    """The kept network (with its test-time stretches, if any) as an MLflow model (Keras flavor) that gives the
+    pneumonia probability: `mlflow.pyfunc.load_model` (then `.predict(images)`) and predict load it, in Keras' safe
+    mode. Its signature and input example (the first test image) say what it takes: raw pixels, (n, size, size,
+    channels) float32."""
     import mlflow.keras
     from mlflow.models import infer_signature
 

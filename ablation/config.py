@@ -25,6 +25,9 @@ CLASS_WEIGHTINGS = ("none", "balanced", "oversample")
 # Keys that locate, label or display things rather than define the training: two runs that differ only
 # in them are one configuration (resume skips the second; analysis never takes them for a factor).
 NOT_CONFIGURATION = ("tracking", "paths", "hydra", "data.root", "data.cache_dir", "trainer.verbose")
+# Keys added after runs were logged, each with the value that does what runs before it did: at that value a key stays
+# out of a configuration's identity, so resume still finds the older runs (keys added before this rule are not here).
+ADDED_KEYS = {"trainer.tta_widths": "[]", "model.input_norm": "fixed"}
 
 
 class Precision(StrEnum):
@@ -58,6 +61,11 @@ class Stem(StrEnum):  # the ResNets' first layers (ablation.models); the cnn has
     small = "small"
 
 
+class InputNorm(StrEnum):  # how a network normalises its input pixels (ablation.models)
+    fixed = "fixed"
+    per_image = "per_image"
+
+
 class Backend(StrEnum):  # Keras 3's backend (ablation.backend); chosen before Keras starts
     tensorflow = "tensorflow"
     jax = "jax"
@@ -75,6 +83,7 @@ def lower_is_better(metric: str) -> bool:
 class ModelConf:
     name: str = MISSING
     stem: Stem = Stem.imagenet
+    input_norm: InputNorm = InputNorm.fixed
 
 
 @dataclass
@@ -110,6 +119,7 @@ class TrainerConf:
     threshold: float = 0.5
     tune_threshold: bool = False
     threshold_rule: ThresholdRule = ThresholdRule.youden
+    tta_widths: list[float] = field(default_factory=list)  # test-time stretches (ablation.models.with_tta); [] off
     label_smoothing: float = 0.0
     precision: Precision = Precision.float32
     augment_on: AugmentOn = AugmentOn.data
@@ -192,7 +202,9 @@ def is_configuration_key(key: str) -> bool:
 
 def config_hash(cfg: DictConfig) -> str:
     """Identity of a training configuration: what resume matches a FINISHED run on."""
-    identity = {key: value for key, value in flatten(cfg).items() if is_configuration_key(key)}
+    identity = {
+        key: value for key, value in flatten(cfg).items() if is_configuration_key(key) and ADDED_KEYS.get(key) != value
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -205,6 +217,7 @@ def _check(ok: bool, key: str, value: object, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+TTA_WIDTH_RANGE = (0.5, 2.0)
 SEED_RANGE = (0, 2**32 - 1)  # what numpy's and TensorFlow's seeding accept
 
 
@@ -251,6 +264,13 @@ def validate(cfg: DictConfig) -> None:
     _check(0 < trainer.threshold < 1, "trainer.threshold", trainer.threshold, "a probability in (0, 1)")
     _check(
         0 <= trainer.label_smoothing < 0.5, "trainer.label_smoothing", trainer.label_smoothing, "a float in [0, 0.5)"
+    )
+    widths = list(trainer.tta_widths)
+    _check(
+        not widths or (len(widths) >= 2 and all(TTA_WIDTH_RANGE[0] <= w <= TTA_WIDTH_RANGE[1] for w in widths)),
+        "trainer.tta_widths",
+        widths,
+        f"[] (off) or two or more width factors in [{TTA_WIDTH_RANGE[0]}, {TTA_WIDTH_RANGE[1]}], e.g. [0.9,1,1.1]",
     )
     _check(trainer.steps_per_execution >= 1, "trainer.steps_per_execution", trainer.steps_per_execution, "an int >= 1")
 

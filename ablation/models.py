@@ -22,7 +22,7 @@ each of them). Where dropout sits:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 from keras import layers
@@ -69,7 +69,12 @@ def _check_name(name: str, stem: str = "imagenet") -> None:
 
 
 def build_model(
-    name: str, input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet"
+    name: str,
+    input_shape: tuple[int, int, int],
+    dropout: float,
+    batchnorm: bool,
+    stem: str = "imagenet",
+    input_norm: str = "fixed",
 ) -> keras.Model:
     """The network `name` for images of `input_shape`; refuses unknown names and too-small images."""
     side, minimum = min(input_shape[:2]), min_image_size(name, stem)
@@ -78,8 +83,8 @@ def build_model(
             f"data.image_size={side} is too small for {name}: its downsampling needs at least {minimum} px"
         )
     if name == "cnn":
-        return build_cnn(input_shape, dropout, batchnorm)
-    return MODELS[name](input_shape, dropout, batchnorm, stem=stem)
+        return build_cnn(input_shape, dropout, batchnorm, input_norm)
+    return MODELS[name](input_shape, dropout, batchnorm, stem=stem, input_norm=input_norm)
 
 
 def backbone(model: keras.Model) -> keras.Model:
@@ -98,17 +103,62 @@ def with_probability(network: keras.Model) -> keras.Model:
     return keras.Model(inputs, probability, name=f"{network.name}_probability")
 
 
-def network_of(model: keras.Model) -> keras.Model:
-    """The logit network inside a probability model (`with_probability`); any other model as it is."""
-    if model.layers[-1].name != PROBABILITY:
-        return model
+TTA_AVERAGE = "tta_average"  # the layer a test-time-stretch model (`with_tta`) ends in
+
+
+def _stretched(inputs, factor: float, name: str):
+    """`inputs` with their content `factor` times as wide about the centre, same size: cropped at the sides when
+    wider, black at the sides when narrower (as the aspect probe, `ablation.stretch.stretch_width`, does)."""
+    height, width = inputs.shape[1:3]
+    stretched_width = max(1, round(width * factor))
+    x = layers.Resizing(height, stretched_width, interpolation="bilinear", name=f"{name}_resize")(inputs)
+    excess = stretched_width - width
+    sides = ((0, 0), (abs(excess) // 2, abs(excess) - abs(excess) // 2))
+    if excess > 0:
+        return layers.Cropping2D(sides, name=f"{name}_crop")(x)
+    return layers.ZeroPadding2D(sides, name=f"{name}_pad")(x) if excess < 0 else x
+
+
+def with_tta(network: keras.Model, widths: Sequence[float]) -> keras.Model:
+    """`network` with test-time stretches (`trainer.tta_widths`): its logit averaged over the image stretched to
+    each width factor. The training's aspect stretch makes the model read the chest's content at any apparent width;
+    averaging over widths takes what is left of the squash cue (docs/results.md) out of a single prediction.
+    Built from Keras' own layers only, so safe mode loads the saved model."""
+    if len(widths) < 2:
+        raise ValueError(f"test-time stretches need at least two width factors, got {list(widths)}")
+    inputs = keras.Input(shape=network.input_shape[1:], name="image")
+    logits = [
+        network(inputs if factor == 1 else _stretched(inputs, factor, f"width_{i}")) for i, factor in enumerate(widths)
+    ]
+    average = layers.Average(dtype="float32", name=TTA_AVERAGE)(logits)
+    return keras.Model(inputs, average, name=f"{network.name}_tta")
+
+
+def _nested(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def _inputs(input_shape: tuple[int, int, int]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+def network_of(model: keras.Model) -> keras.Model:
+    """The logit model inside a probability model (`with_probability`), test-time stretches included; any other
+    model as it is."""
+    return _nested(model) if model.layers[-1].name == PROBABILITY else model
+
+
+def bare_network(model: keras.Model) -> keras.Model:
+    """The trained network itself, without a probability or test-time-stretch wrapper: what Grad-CAM looks into."""
+    model = network_of(model)
+    return _nested(model) if model.layers[-1].name == TTA_AVERAGE else model
+
+
+def _inputs(input_shape: tuple[int, int, int], input_norm: str = "fixed") -> tuple[keras.KerasTensor, ...]:
+    """The input and its normalised pixels (`model.input_norm`): divided by 255, or, `per_image`, each image to mean 0
+    and variance 1, so that exposure and contrast, which differ between machines and splits, carry no signal."""
     inputs = keras.Input(shape=input_shape, name="image")
-    # Rescaling inside the model, so that a saved model takes the same raw pixels the data module yields.
-    return inputs, layers.Rescaling(1 / 255, name="rescale")(inputs)
+    # Normalising inside the model, so that a saved model takes the same raw pixels the data module yields.
+    x = layers.Rescaling(1 / 255, name="rescale")(inputs)
+    if input_norm == "per_image":
+        x = layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False, epsilon=1e-6, name="per_image")(x)
+    return inputs, x
 
 
 def _dropout(x, rate: float, name: str):
@@ -120,13 +170,15 @@ def _logit(x):
     return layers.Dense(1, dtype="float32", name="logit")(x)
 
 
-def build_cnn(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool) -> keras.Model:
+def build_cnn(
+    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, input_norm: str = "fixed"
+) -> keras.Model:
     """The reference Kaggle notebook's network, with dropout after BN in the dense blocks.
 
     BN follows a ReLU here, so unlike in the ResNets the preceding layer's bias is not redundant and
     every layer keeps it, with or without BN.
     """
-    inputs, x = _inputs(input_shape)
+    inputs, x = _inputs(input_shape, input_norm)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem_conv1")(x)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem_conv2")(x)
     x = layers.MaxPooling2D(name="stem_pool")(x)
@@ -224,8 +276,9 @@ def _resnet(
     dropout: float,
     batchnorm: bool,
     stem: str = "imagenet",
+    input_norm: str = "fixed",
 ) -> keras.Model:
-    inputs, x = _inputs(input_shape)
+    inputs, x = _inputs(input_shape, input_norm)
     x = _resnet_stem(x, batchnorm, stem)
     for i, (filters, blocks) in enumerate(zip((64, 128, 256, 512), stage_blocks, strict=True)):
         # Stages are numbered from 2 (the stem is stage 1), as in the paper and in Keras' layer names.
@@ -237,20 +290,20 @@ def _resnet(
 
 
 def build_resnet18(
-    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet"
+    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet", input_norm="fixed"
 ) -> keras.Model:
     """ResNet-18 (He et al. 2016): basic blocks in stages of [2, 2, 2, 2]."""
-    return _resnet("resnet18", basic_block, (2, 2, 2, 2), input_shape, dropout, batchnorm, stem)
+    return _resnet("resnet18", basic_block, (2, 2, 2, 2), input_shape, dropout, batchnorm, stem, input_norm)
 
 
 def build_resnet50(
-    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet"
+    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet", input_norm="fixed"
 ) -> keras.Model:
     """ResNet-50 v1: bottleneck blocks in stages of [3, 4, 6, 3].
 
     With the ImageNet stem the backbone is keras.applications.ResNet50's, less the bias of every conv (BN cancels them).
     """
-    return _resnet("resnet50", bottleneck_block, (3, 4, 6, 3), input_shape, dropout, batchnorm, stem)
+    return _resnet("resnet50", bottleneck_block, (3, 4, 6, 3), input_shape, dropout, batchnorm, stem, input_norm)
 
 
 MODELS: dict[str, Callable[..., keras.Model]] = {

@@ -231,9 +231,9 @@ def write_explanations(
 ) -> None:
     """A Grad-CAM overlay PNG per image, under `out_dir` at the image's path relative to its argument."""
     from ablation.explain import gradcam, overlay
-    from ablation.models import network_of
+    from ablation.models import bare_network
 
-    maps = gradcam(network_of(loaded.model), inputs)
+    maps = gradcam(bare_network(loaded.model), inputs)
     display = max(loaded.image_size, EXPLAIN_SIZE)
     for (path, rel), heatmap in zip(files, maps, strict=True):
         target = _unique(out_dir / rel.with_suffix(".png"), used)

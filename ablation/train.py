@@ -3,7 +3,8 @@
 The kept model is the epoch with the best `trainer.monitor` on validation (default: validation ROC
 AUC, which ignores the threshold and the class balance); the threshold is `trainer.threshold` or,
 with `trainer.tune_threshold`, chosen on validation by `trainer.threshold_rule` (Youden's J, or midway between
-the classes). The test split is evaluated once, at the end.
+the classes). The test split is evaluated once, at the end; with `trainer.tta_widths`, validation and test are
+both scored with test-time stretches.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ablation import backend, interrupts, pipeline
 from ablation.config import MONITORS, AugmentOn, Schedule
 from ablation.data import ChestXray, load_data
 from ablation.metrics import THRESHOLD_RULES, binary_metrics, sigmoid
-from ablation.models import build_model
+from ablation.models import build_model, with_tta
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainResult:
-    model: keras.Model
+    model: keras.Model  # the kept network (logits)
+    scorer: keras.Model  # what the logged predictions and the run's MLflow model come from: the network, or it
+    # with test-time stretches (`trainer.tta_widths`)
     data: ChestXray
     history: dict[str, list[float]]  # Keras History: metric -> one value per epoch
     best_epoch: int  # 1-based
@@ -189,7 +192,14 @@ def train(
     train_ds = _train_batches(cfg, data, None if on_device else augment)
     val_ds = pipeline.eval_batches(data.val.images, data.val.labels, cfg.batch_size)
     test_ds = pipeline.eval_batches(data.test.images, data.test.labels, cfg.batch_size)
-    model = build_model(cfg.model.name, data.train.images.shape[1:], cfg.dropout, cfg.batchnorm, str(cfg.model.stem))
+    model = build_model(
+        cfg.model.name,
+        data.train.images.shape[1:],
+        cfg.dropout,
+        cfg.batchnorm,
+        str(cfg.model.stem),
+        str(cfg.model.input_norm),
+    )
     trained = _with_device_augmentation(model, augment, cfg.seed) if on_device and augment else model
     compile_model(trained, cfg, len(data.train.labels))
 
@@ -199,16 +209,19 @@ def train(
     kept = best.best_epoch  # 0-based
 
     start = time.perf_counter()
+    # The threshold is chosen on the same scores the test split gets: with test-time stretches, those too.
+    scorer = with_tta(model, list(cfg.trainer.tta_widths)) if cfg.trainer.tta_widths else model
     threshold = cfg.trainer.threshold
-    val_probabilities = predict_probabilities(model, val_ds)
+    val_probabilities = predict_probabilities(scorer, val_ds)
     if cfg.trainer.tune_threshold:
         threshold = THRESHOLD_RULES[cfg.trainer.threshold_rule](data.val.labels, val_probabilities)
-    probabilities = predict_probabilities(model, test_ds)
+    probabilities = predict_probabilities(scorer, test_ds)
     timings["eval_seconds"] = time.perf_counter() - start
     keras.mixed_precision.set_global_policy("float32")  # the next job in this process starts clean
 
     return TrainResult(
         model=model,
+        scorer=scorer,
         data=data,
         history=history,
         best_epoch=kept + 1,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -129,6 +131,17 @@ def test_what_locates_a_run_is_not_part_of_its_configuration():
     assert config_hash(base) != config_hash(compose_config("trainer.label_smoothing=0.1"))
     assert not is_configuration_key("tracking.uri") and not is_configuration_key("data.cache_dir")
     assert is_configuration_key("data.image_size") and is_configuration_key("trackingx")
+
+
+def test_a_key_added_later_at_its_old_behaviour_leaves_the_identity_as_runs_before_it_logged_it():
+    from ablation.config import ADDED_KEYS, config_hash, flatten, is_configuration_key
+
+    cfg = compose_config()
+    # The identity a run logged before the keys existed: every configuration key it had, hashed the same way.
+    before = {k: v for k, v in flatten(cfg).items() if is_configuration_key(k) and k not in ADDED_KEYS}
+    old_hash = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(cfg) == old_hash
+    assert config_hash(compose_config("trainer.tta_widths=[0.9,1,1.1]")) != old_hash
 
 
 def test_image_size_minimum_depends_on_the_network():

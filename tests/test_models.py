@@ -12,7 +12,17 @@ import pytest
 from keras import layers
 
 from ablation.data import load_data
-from ablation.models import MODELS, backbone, build_model, min_image_size
+from ablation.models import (
+    MODELS,
+    backbone,
+    bare_network,
+    build_model,
+    min_image_size,
+    network_of,
+    with_probability,
+    with_tta,
+)
+from ablation.stretch import stretch_width
 
 DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/chest_xray"
 SHAPE = (64, 64, 1)
@@ -171,3 +181,46 @@ def test_saved_model_loads_safely_and_predicts_the_same(name, batch, tmp_path):
     np.testing.assert_allclose(
         loaded.predict(images[:8], verbose=0), model.predict(images[:8], verbose=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_test_time_stretches_average_the_logits_of_the_stretched_images_and_save_safely(batch, tmp_path):
+    images, _ = batch
+    model = build_model("resnet18", SHAPE, dropout=0.0, batchnorm=True)
+    model(images, training=True)
+    widths = [0.85, 1.0, 1.15]
+    tta = with_tta(model, widths)
+    # An independent computation: each image stretched by the aspect probe's Pillow resampling, then averaged.
+    expected = np.mean(
+        [
+            model.predict(
+                np.stack([stretch_width(image[..., 0].astype(np.uint8), w) for image in images])[..., None].astype(
+                    np.float32
+                ),
+                verbose=0,
+            )
+            for w in widths
+        ],
+        axis=0,
+    )
+    got = tta.predict(images, verbose=0)
+    plain = model.predict(images, verbose=0)
+    # Keras' bilinear resize and Pillow's differ by a fraction of a grey level; the stretches move the logits far more
+    assert np.abs(got - expected).max() < 0.1 * np.abs(got - plain).max()
+
+    path = tmp_path / "tta.keras"
+    with_probability(tta).save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(network_of(loaded).predict(images[:8], verbose=0), got[:8], rtol=1e-5, atol=1e-5)
+    assert bare_network(loaded).get_layer("features") is not None  # Grad-CAM finds the network inside
+    with pytest.raises(ValueError, match="at least two width factors"):
+        with_tta(model, [1.1])
+
+
+def test_per_image_input_norm_takes_exposure_and_contrast_out_of_the_prediction(batch):
+    images, _ = batch
+    exposed = images * 0.7 + 40  # a dimmer, flatter exposure of the same X-rays, still in [0, 255]
+    for input_norm, invariant in (("fixed", False), ("per_image", True)):
+        model = build_model("resnet18", SHAPE, dropout=0.0, batchnorm=True, input_norm=input_norm)
+        model(images, training=True)
+        plain, changed = model.predict(images, verbose=0), model.predict(exposed, verbose=0)
+        assert np.allclose(plain, changed, atol=1e-4) == invariant, input_norm

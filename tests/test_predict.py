@@ -45,6 +45,9 @@ def trained(tmp_path_factory, cache_dir) -> Trained:
         "data.image_size=32",
         "data.max_train_per_class=32",
         "epochs=1",
+        # Both live in the saved model: predict must reproduce the logged probabilities, and Grad-CAM find the network.
+        "trainer.tta_widths=[0.9,1,1.1]",
+        "model.input_norm=per_image",
         "tracking.experiment=predict",
         "trainer.verbose=0",
         f"data.cache_dir={cache_dir}",
