@@ -27,7 +27,7 @@ CLASS_WEIGHTINGS = ("none", "balanced", "oversample")
 NOT_CONFIGURATION = ("tracking", "paths", "hydra", "data.root", "data.cache_dir", "trainer.verbose")
 # Keys added after runs were logged, each with the value that does what runs before it did: at that value a key stays
 # out of a configuration's identity, so resume still finds the older runs (keys added before this rule are not here).
-ADDED_KEYS = {"trainer.tta_widths": "[]", "model.input_norm": "fixed"}
+ADDED_KEYS = {"trainer.tta_widths": "[]", "model.input_norm": "fixed", "model.width": "1.0"}
 
 
 class Precision(StrEnum):
@@ -84,6 +84,7 @@ class ModelConf:
     name: str = MISSING
     stem: Stem = Stem.imagenet
     input_norm: InputNorm = InputNorm.fixed
+    width: float = 1.0  # the ResNets' filters times this
 
 
 @dataclass
@@ -278,6 +279,9 @@ def validate(cfg: DictConfig) -> None:
     _check(
         stem == Stem.imagenet or cfg.model.name != "cnn", "model.stem", stem, "imagenet for the cnn (it has no stem)"
     )
+    width = cfg.model.width
+    _check(0 < width <= 4, "model.width", width, "a factor in (0, 4] on the ResNets' filters")
+    _check(width == 1 or cfg.model.name != "cnn", "model.width", width, "1 for the cnn (its widths are the notebook's)")
     data = cfg.data
     minimum = min_image_size(cfg.model.name, stem)
     _check(

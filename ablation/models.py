@@ -75,6 +75,7 @@ def build_model(
     batchnorm: bool,
     stem: str = "imagenet",
     input_norm: str = "fixed",
+    width: float = 1.0,
 ) -> keras.Model:
     """The network `name` for images of `input_shape`; refuses unknown names and too-small images."""
     side, minimum = min(input_shape[:2]), min_image_size(name, stem)
@@ -83,8 +84,10 @@ def build_model(
             f"data.image_size={side} is too small for {name}: its downsampling needs at least {minimum} px"
         )
     if name == "cnn":
+        if width != 1:
+            raise ValueError(f"model.width={width} is not allowed for cnn: 1 (the reference notebook's widths)")
         return build_cnn(input_shape, dropout, batchnorm, input_norm)
-    return MODELS[name](input_shape, dropout, batchnorm, stem=stem, input_norm=input_norm)
+    return MODELS[name](input_shape, dropout, batchnorm, stem=stem, input_norm=input_norm, width=width)
 
 
 def backbone(model: keras.Model) -> keras.Model:
@@ -252,15 +255,15 @@ def stage(x, block: Callable, filters: int, blocks: int, strides: int, batchnorm
     return x
 
 
-def _resnet_stem(x, batchnorm: bool, stem: str = "imagenet"):
+def _resnet_stem(x, batchnorm: bool, stem: str = "imagenet", filters: int = 64):
     if stem == "small":
-        x = layers.Conv2D(64, 3, padding="same", use_bias=not batchnorm, name="stem_conv")(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm, name="stem_conv")(x)
         if batchnorm:
             x = _batchnorm(x, "stem_bn", BN_EPSILON)
         return layers.ReLU(name="stem_relu")(x)
     # Explicit zero padding and unpadded layers, exactly as keras.applications.ResNet50.
     x = layers.ZeroPadding2D(3, name="stem_pad")(x)
-    x = layers.Conv2D(64, 7, strides=2, use_bias=not batchnorm, name="stem_conv")(x)
+    x = layers.Conv2D(filters, 7, strides=2, use_bias=not batchnorm, name="stem_conv")(x)
     if batchnorm:
         x = _batchnorm(x, "stem_bn", BN_EPSILON)
     x = layers.ReLU(name="stem_relu")(x)
@@ -277,10 +280,13 @@ def _resnet(
     batchnorm: bool,
     stem: str = "imagenet",
     input_norm: str = "fixed",
+    width: float = 1.0,
 ) -> keras.Model:
+    # `width` scales every layer's filters (`model.width`): a convolution's cost goes with its square.
+    widths = [max(1, round(filters * width)) for filters in (64, 64, 128, 256, 512)]
     inputs, x = _inputs(input_shape, input_norm)
-    x = _resnet_stem(x, batchnorm, stem)
-    for i, (filters, blocks) in enumerate(zip((64, 128, 256, 512), stage_blocks, strict=True)):
+    x = _resnet_stem(x, batchnorm, stem, widths[0])
+    for i, (filters, blocks) in enumerate(zip(widths[1:], stage_blocks, strict=True)):
         # Stages are numbered from 2 (the stem is stage 1), as in the paper and in Keras' layer names.
         x = stage(x, block, filters, blocks, 1 if i == 0 else 2, batchnorm, f"stage{i + 2}")
     x = layers.Identity(name="features")(x)
@@ -289,21 +295,17 @@ def _resnet(
     return keras.Model(inputs, _logit(x), name=name)
 
 
-def build_resnet18(
-    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet", input_norm="fixed"
-) -> keras.Model:
-    """ResNet-18 (He et al. 2016): basic blocks in stages of [2, 2, 2, 2]."""
-    return _resnet("resnet18", basic_block, (2, 2, 2, 2), input_shape, dropout, batchnorm, stem, input_norm)
+def build_resnet18(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, **options) -> keras.Model:
+    """ResNet-18 (He et al. 2016): basic blocks in stages of [2, 2, 2, 2]. `options`: stem, input_norm, width."""
+    return _resnet("resnet18", basic_block, (2, 2, 2, 2), input_shape, dropout, batchnorm, **options)
 
 
-def build_resnet50(
-    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, stem: str = "imagenet", input_norm="fixed"
-) -> keras.Model:
+def build_resnet50(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, **options) -> keras.Model:
     """ResNet-50 v1: bottleneck blocks in stages of [3, 4, 6, 3].
 
     With the ImageNet stem the backbone is keras.applications.ResNet50's, less the bias of every conv (BN cancels them).
     """
-    return _resnet("resnet50", bottleneck_block, (3, 4, 6, 3), input_shape, dropout, batchnorm, stem, input_norm)
+    return _resnet("resnet50", bottleneck_block, (3, 4, 6, 3), input_shape, dropout, batchnorm, **options)
 
 
 MODELS: dict[str, Callable[..., keras.Model]] = {

@@ -199,6 +199,7 @@ def train(
         cfg.batchnorm,
         str(cfg.model.stem),
         str(cfg.model.input_norm),
+        cfg.model.width,
     )
     trained = _with_device_augmentation(model, augment, cfg.seed) if on_device and augment else model
     compile_model(trained, cfg, len(data.train.labels))

@@ -286,6 +286,7 @@ REFUSED = [
     ("data.image_size=0", "data.image_size=0 is not allowed: an int >= "),
     ("data.root=/nonexistent/chest_xray", "data.root='/nonexistent/chest_xray' is not allowed: an existing folder"),
     ("model.stem=small", "model.stem='small' is not allowed: imagenet for the cnn"),
+    ("model.width=0.5", "model.width=0.5 is not allowed: 1 for the cnn"),
     ("trainer.tta_widths=[1.1]", "trainer.tta_widths=[1.1] is not allowed: [] (off) or two or more width factors"),
     ("trainer.tta_widths=[1,3]", "trainer.tta_widths=[1.0, 3.0] is not allowed: [] (off) or two or more"),
 ]

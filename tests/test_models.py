@@ -224,3 +224,12 @@ def test_per_image_input_norm_takes_exposure_and_contrast_out_of_the_prediction(
         model(images, training=True)
         plain, changed = model.predict(images, verbose=0), model.predict(exposed, verbose=0)
         assert np.allclose(plain, changed, atol=1e-4) == invariant, input_norm
+
+
+def test_width_scales_every_resnet_layer_and_the_cnn_refuses_it():
+    full = build_model("resnet18", SHAPE, dropout=0.0, batchnorm=True)
+    half = build_model("resnet18", SHAPE, dropout=0.0, batchnorm=True, width=0.5)
+    assert [c.filters // 2 for c in of_kind(full, layers.Conv2D)] == [c.filters for c in of_kind(half, layers.Conv2D)]
+    assert half.get_layer("features").output.shape[-1] == 256
+    with pytest.raises(ValueError, match="model.width=0.5 is not allowed for cnn"):
+        build_model("cnn", SHAPE, dropout=0.0, batchnorm=True, width=0.5)
