@@ -197,9 +197,9 @@ def train(
         data.train.images.shape[1:],
         cfg.dropout,
         cfg.batchnorm,
-        str(cfg.model.stem),
-        str(cfg.model.input_norm),
-        cfg.model.width,
+        stem=str(cfg.model.stem),
+        input_norm=str(cfg.model.input_norm),
+        width=cfg.model.width,
     )
     trained = _with_device_augmentation(model, augment, cfg.seed) if on_device and augment else model
     compile_model(trained, cfg, len(data.train.labels))
