@@ -206,6 +206,9 @@ def log_epoch(mlflow_client: mlflow.MlflowClient, run_id: str, epoch: int, metri
 
 
 SPLIT_SOURCES = {"train": "train", "val": "train", "test": "test"}  # validation is carved from train/, by patient
+# A store's unique-key error, as PostgreSQL, SQLite and MySQL word it: two writers inserted the same row.
+UNIQUE_KEY_ERRORS = ("UniqueViolation", "UNIQUE constraint failed", "Duplicate entry", "duplicate key value")
+INSERT_RACE_ATTEMPTS = 4
 
 
 def log_datasets(
@@ -227,7 +230,18 @@ def log_datasets(
             profile=json.dumps(profile),
         )
         inputs.append(DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)]))
-    mlflow_client.log_inputs(run_id, datasets=inputs)
+    for attempt in range(1, INSERT_RACE_ATTEMPTS + 1):
+        try:
+            mlflow_client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as error:
+            # Parallel jobs log the same datasets: the store looks a dataset up, then inserts it, so two jobs can both
+            # insert it and one fails on the unique key (PostgreSQL's UniqueViolation). Its transaction rolled back,
+            # and the retry finds the other job's row and links to it.
+            if attempt == INSERT_RACE_ATTEMPTS or not any(mark in str(error) for mark in UNIQUE_KEY_ERRORS):
+                raise
+            log.info("lost a race to insert this run's datasets (attempt %d): retrying", attempt)
+            time.sleep(0.2 * attempt)
 
 
 def log_params(mlflow_client: mlflow.MlflowClient, run_id: str, params: dict[str, str]) -> None:

@@ -10,10 +10,13 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import DATA_ROOT
 from processes import (
     TINY,
     ablation,
@@ -29,6 +32,8 @@ from processes import (
     spawn,
     wait_for,
 )
+
+from ablation import tracking
 
 # ---------------------------------------------------------------- Ray
 
@@ -176,8 +181,25 @@ def test_sweep_against_a_postgres_backed_server_reads_back_and_hides_passwords(r
         assert "s3cret-pw" not in recorded + config and "alice:***@" in config
     # The artifacts are on the server's disk.
     assert len(list((tmp_path / "artifacts").rglob("model.keras"))) == 2
+
     # And the runs really are in PostgreSQL (our own cluster here): the server only fronts it.
     if postgres["psql"]:
         psql = [*json.loads(postgres["psql"]), "SELECT COUNT(*) FROM runs"]
         out = subprocess.run(psql, env={**os.environ, **postgres["env"]}, capture_output=True, text=True, timeout=60)
         assert out.stdout.strip() == "3", out.stderr
+
+    # Jobs that start together log the same datasets at the same moment: none may fail on the store's unique key.
+    race = tracking.ensure_experiment(client, f"{experiment}-race", None)
+    run_ids = [tracking.create_run(client, race, f"race-{i}", {}) for i in range(8)]
+    splits = {"train": (f"{time.time_ns():016x}"[-16:], {"NORMAL": {"images": 1}, "PNEUMONIA": {"images": 1}})}
+    start = threading.Barrier(len(run_ids))
+
+    def log_at_once(run_id: str) -> None:
+        start.wait(timeout=60)
+        tracking.log_datasets(tracking.client(url), run_id, str(DATA_ROOT), splits)
+
+    with ThreadPoolExecutor(len(run_ids)) as pool:
+        list(pool.map(log_at_once, run_ids))  # re-raises a job's failure
+    assert [len(client.get_run(r).inputs.dataset_inputs) for r in run_ids] == [1] * len(run_ids)
+    for run_id in run_ids:
+        client.set_terminated(run_id)
