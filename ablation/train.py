@@ -35,8 +35,7 @@ class NonFiniteLossError(FloatingPointError):
 @dataclass
 class TrainResult:
     model: keras.Model  # the kept network (logits)
-    scorer: keras.Model  # what the logged predictions and the run's MLflow model come from: the network, or it
-    # with test-time stretches (`trainer.tta_widths`)
+    scorer: keras.Model  # the network, with its test-time stretches if any: the logged predictions and saved model
     data: ChestXray
     history: dict[str, list[float]]  # Keras History: metric -> one value per epoch
     best_epoch: int  # 1-based

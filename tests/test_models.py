@@ -190,18 +190,9 @@ def test_test_time_stretches_average_the_logits_of_the_stretched_images_and_save
     widths = [0.85, 1.0, 1.15]
     tta = with_tta(model, widths)
     # An independent computation: each image stretched by the aspect probe's Pillow resampling, then averaged.
-    expected = np.mean(
-        [
-            model.predict(
-                np.stack([stretch_width(image[..., 0].astype(np.uint8), w) for image in images])[..., None].astype(
-                    np.float32
-                ),
-                verbose=0,
-            )
-            for w in widths
-        ],
-        axis=0,
-    )
+    pixels = images[..., 0].astype(np.uint8)
+    stretched = [np.stack([stretch_width(image, w) for image in pixels])[..., None].astype(np.float32) for w in widths]
+    expected = np.mean([model.predict(batch, verbose=0) for batch in stretched], axis=0)
     got = tta.predict(images, verbose=0)
     plain = model.predict(images, verbose=0)
     # Keras' bilinear resize and Pillow's differ by a fraction of a grey level; the stretches move the logits far more

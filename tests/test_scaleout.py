@@ -181,7 +181,6 @@ def test_sweep_against_a_postgres_backed_server_reads_back_and_hides_passwords(r
         assert "s3cret-pw" not in recorded + config and "alice:***@" in config
     # The artifacts are on the server's disk.
     assert len(list((tmp_path / "artifacts").rglob("model.keras"))) == 2
-
     # And the runs really are in PostgreSQL (our own cluster here): the server only fronts it.
     if postgres["psql"]:
         psql = [*json.loads(postgres["psql"]), "SELECT COUNT(*) FROM runs"]
