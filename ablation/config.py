@@ -27,7 +27,7 @@ CLASS_WEIGHTINGS = ("none", "balanced", "oversample")
 NOT_CONFIGURATION = ("tracking", "paths", "hydra", "data.root", "data.cache_dir", "trainer.verbose")
 # Keys added after runs were logged, each with the value that does what runs before it did: at that value a key stays
 # out of a configuration's identity, so resume still finds the older runs (keys added before this rule are not here).
-ADDED_KEYS = {"trainer.tta_widths": "[]", "model.input_norm": "fixed", "model.width": "1.0"}
+ADDED_KEYS = {"trainer.tta_widths": "[]", "model.input_norm": "fixed", "model.width": "1.0", "model.crop": "[]"}
 
 
 class Precision(StrEnum):
@@ -85,6 +85,7 @@ class ModelConf:
     stem: Stem = Stem.imagenet
     input_norm: InputNorm = InputNorm.fixed
     width: float = 1.0  # the ResNets' filters times this
+    crop: list[float] = field(default_factory=list)  # [top, bottom, left, right] fractions cut off; [] none
 
 
 @dataclass
@@ -219,6 +220,7 @@ def _check(ok: bool, key: str, value: object, allowed: str) -> None:
 
 
 TTA_WIDTH_RANGE = (0.5, 2.0)
+MAX_CROP = 0.25  # of each side: the lungs reach to within about an eighth of the image's sides
 SEED_RANGE = (0, 2**32 - 1)  # what numpy's and TensorFlow's seeding accept
 
 
@@ -231,7 +233,7 @@ def unknown_keys(cfg: DictConfig) -> dict[str, list[str]]:
 
 def validate(cfg: DictConfig) -> None:
     """Refuse an unknown key or an out-of-range value, naming the key, the value and what is allowed."""
-    from ablation.models import min_image_size  # keras import: only once the types passed
+    from ablation.models import cropped_shape, min_image_size  # keras import: only once the types passed
 
     for key, closest in unknown_keys(cfg).items():
         hint = f"; did you mean {' or '.join(closest)}?" if closest else ""
@@ -282,13 +284,20 @@ def validate(cfg: DictConfig) -> None:
     width = cfg.model.width
     _check(0 < width <= 4, "model.width", width, "a factor in (0, 4] on the ResNets' filters")
     _check(width == 1 or cfg.model.name != "cnn", "model.width", width, "1 for the cnn (its widths are the notebook's)")
+    crop = list(cfg.model.crop)
+    _check(
+        not crop or (len(crop) == 4 and all(0 <= fraction <= MAX_CROP for fraction in crop)),
+        "model.crop",
+        crop,
+        f"[] (none) or four fractions [top, bottom, left, right] each in [0, {MAX_CROP}], e.g. [0.05,0.15,0.08,0.08]",
+    )
     data = cfg.data
     minimum = min_image_size(cfg.model.name, stem)
     _check(
-        data.image_size >= minimum,
+        min(cropped_shape((data.image_size, data.image_size), crop)) >= minimum,
         "data.image_size",
         data.image_size,
-        f"an int >= {minimum} for model {cfg.model.name} with model.stem={stem} (its downsampling)",
+        f"an int >= {minimum} for model {cfg.model.name} with model.stem={stem} (its downsampling), after model.crop",
     )
     _check(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
     cap = data.max_train_per_class

@@ -3,6 +3,7 @@
 The map comes from the layer every model names `features` (the last convolutional stage): the gradient
 of the pneumonia logit with respect to that feature map, averaged over space, weights its channels;
 the ReLU of the weighted sum, upsampled bilinearly to the input size and divided by its maximum, is the map.
+A model that crops its input (`model.crop`) gets its map upsampled to the crop and zero outside it.
 Bright regions raise the logit. Used by every run (`gradcam_panel.png`) and by
 `python -m ablation.predict --explain DIR`.
 """
@@ -23,6 +24,7 @@ from PIL import Image  # noqa: E402
 
 from ablation import backend  # noqa: E402
 from ablation.data import CLASSES  # noqa: E402
+from ablation.models import CROP  # noqa: E402
 
 LAYER = "features"
 COLORMAP = "jet"
@@ -41,6 +43,12 @@ def _split(model: keras.Model, layer: str) -> tuple[keras.Model, keras.Model]:
     return keras.Model(model.input, fmap), keras.Model(fmap, model.output)
 
 
+def _cropping(model: keras.Model) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The pixels `model`'s input crop (`model.crop`) cuts off, ((top, bottom), (left, right)); none without one."""
+    names = {layer.name for layer in model.layers}
+    return tuple(map(tuple, model.get_layer(CROP).cropping)) if CROP in names else ((0, 0), (0, 0))
+
+
 def gradcam(
     model: keras.Model, images: np.ndarray, target: int | Sequence[int] = 1, layer: str = LAYER, batch_size: int = 32
 ) -> np.ndarray:
@@ -56,6 +64,7 @@ def gradcam(
     signs = np.where(np.broadcast_to(np.asarray(target), (len(images),)) == 1, 1.0, -1.0).astype(np.float32)
     height, width = images.shape[1:3]
     features, head = _split(model, layer)
+    (top, bottom), (left, right) = _cropping(model)
     maps = [np.zeros((0, height, width), np.float32)]
     for start in range(0, len(images), batch_size):
         fmap = features(images[start : start + batch_size], training=False)
@@ -69,8 +78,9 @@ def gradcam(
         fmap = ops.convert_to_numpy(ops.cast(fmap, "float32"))
         weights = grads.mean(axis=(1, 2), keepdims=True)  # one weight per channel
         cam = np.maximum((weights * fmap).sum(axis=-1), 0)[..., None]
-        cam = ops.image.resize(cam, (height, width), interpolation="bilinear")[..., 0]
-        maps.append(ops.convert_to_numpy(cam).astype(np.float32))
+        cam = ops.image.resize(cam, (height - top - bottom, width - left - right), interpolation="bilinear")[..., 0]
+        cam = np.pad(ops.convert_to_numpy(cam).astype(np.float32), ((0, 0), (top, bottom), (left, right)))
+        maps.append(cam)
     cams = np.concatenate(maps)
     peak = cams.max(axis=(1, 2), keepdims=True)
     return np.where(peak > 0, cams / np.where(peak > 0, peak, 1), 0).astype(np.float32)

@@ -76,18 +76,20 @@ def build_model(
     stem: str = "imagenet",
     input_norm: str = "fixed",
     width: float = 1.0,
+    crop: Sequence[float] = (),
 ) -> keras.Model:
     """The network `name` for images of `input_shape`; refuses unknown names and too-small images."""
-    side, minimum = min(input_shape[:2]), min_image_size(name, stem)
+    side, minimum = min(cropped_shape(input_shape, crop)[:2]), min_image_size(name, stem)
     if side < minimum:
         raise ValueError(
-            f"data.image_size={side} is too small for {name}: its downsampling needs at least {minimum} px"
+            f"data.image_size={input_shape[0]} with model.crop={list(crop)} leaves {side} px, too small for {name}: "
+            f"its downsampling needs at least {minimum} px"
         )
     if name == "cnn":
         if width != 1:
             raise ValueError(f"model.width={width} is not allowed for cnn: 1 (the reference notebook's widths)")
-        return build_cnn(input_shape, dropout, batchnorm, input_norm)
-    return MODELS[name](input_shape, dropout, batchnorm, stem=stem, input_norm=input_norm, width=width)
+        return build_cnn(input_shape, dropout, batchnorm, input_norm, crop)
+    return MODELS[name](input_shape, dropout, batchnorm, stem=stem, input_norm=input_norm, width=width, crop=crop)
 
 
 def backbone(model: keras.Model) -> keras.Model:
@@ -153,12 +155,34 @@ def bare_network(model: keras.Model) -> keras.Model:
     return _nested(model) if model.layers[-1].name == TTA_AVERAGE else model
 
 
-def _inputs(input_shape: tuple[int, int, int], input_norm: str = "fixed") -> tuple[keras.KerasTensor, ...]:
-    """The input and its normalised pixels (`model.input_norm`): divided by 255, or, `per_image`, each image to mean 0
-    and variance 1, so that exposure and contrast, which differ between machines and splits, carry no signal."""
+CROP = "crop"  # the layer that cuts a network's input to the lung field (`model.crop`)
+
+
+def crop_pixels(input_shape: Sequence[int], crop: Sequence[float]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`model.crop`'s fractions [top, bottom, left, right] as pixels of an image of `input_shape`, as Cropping2D
+    takes them: ((top, bottom), (left, right))."""
+    top, bottom, left, right = crop if crop else (0, 0, 0, 0)
+    height, width = input_shape[:2]
+    return (round(height * top), round(height * bottom)), (round(width * left), round(width * right))
+
+
+def cropped_shape(input_shape: Sequence[int], crop: Sequence[float]) -> tuple[int, ...]:
+    """The shape the network itself sees after `model.crop`."""
+    (top, bottom), (left, right) = crop_pixels(input_shape, crop)
+    return (input_shape[0] - top - bottom, input_shape[1] - left - right, *input_shape[2:])
+
+
+def _inputs(
+    input_shape: tuple[int, int, int], input_norm: str = "fixed", crop: Sequence[float] = ()
+) -> tuple[keras.KerasTensor, ...]:
+    """The input, cut to the lung field (`model.crop`), and its normalised pixels (`model.input_norm`): divided by
+    255, or, `per_image`, each image to mean 0 and variance 1, so that exposure and contrast, which differ between
+    machines and splits, carry no signal."""
     inputs = keras.Input(shape=input_shape, name="image")
-    # Normalising inside the model, so that a saved model takes the same raw pixels the data module yields.
-    x = layers.Rescaling(1 / 255, name="rescale")(inputs)
+    # Cropping and normalising inside the model, so that a saved model takes the same raw pixels the data module
+    # yields, and the augmentation, which runs before the model, works on the whole image.
+    x = layers.Cropping2D(crop_pixels(input_shape, crop), name=CROP)(inputs) if crop else inputs
+    x = layers.Rescaling(1 / 255, name="rescale")(x)
     if input_norm == "per_image":
         x = layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False, epsilon=1e-6, name="per_image")(x)
     return inputs, x
@@ -174,14 +198,18 @@ def _logit(x):
 
 
 def build_cnn(
-    input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, input_norm: str = "fixed"
+    input_shape: tuple[int, int, int],
+    dropout: float,
+    batchnorm: bool,
+    input_norm: str = "fixed",
+    crop: Sequence[float] = (),
 ) -> keras.Model:
     """The reference Kaggle notebook's network, with dropout after BN in the dense blocks.
 
     BN follows a ReLU here, so unlike in the ResNets the preceding layer's bias is not redundant and
     every layer keeps it, with or without BN.
     """
-    inputs, x = _inputs(input_shape, input_norm)
+    inputs, x = _inputs(input_shape, input_norm, crop)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem_conv1")(x)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem_conv2")(x)
     x = layers.MaxPooling2D(name="stem_pool")(x)
@@ -281,10 +309,11 @@ def _resnet(
     stem: str = "imagenet",
     input_norm: str = "fixed",
     width: float = 1.0,
+    crop: Sequence[float] = (),
 ) -> keras.Model:
     # `width` scales every layer's filters (`model.width`): a convolution's cost goes with its square.
     widths = [max(1, round(filters * width)) for filters in (64, 64, 128, 256, 512)]
-    inputs, x = _inputs(input_shape, input_norm)
+    inputs, x = _inputs(input_shape, input_norm, crop)
     x = _resnet_stem(x, batchnorm, stem, widths[0])
     for i, (filters, blocks) in enumerate(zip(widths[1:], stage_blocks, strict=True)):
         # Stages are numbered from 2 (the stem is stage 1), as in the paper and in Keras' layer names.
@@ -296,7 +325,7 @@ def _resnet(
 
 
 def build_resnet18(input_shape: tuple[int, int, int], dropout: float, batchnorm: bool, **options) -> keras.Model:
-    """ResNet-18 (He et al. 2016): basic blocks in stages of [2, 2, 2, 2]. `options`: stem, input_norm, width."""
+    """ResNet-18 (He et al. 2016): basic blocks in stages of [2, 2, 2, 2]. `options`: stem, input_norm, width, crop."""
     return _resnet("resnet18", basic_block, (2, 2, 2, 2), input_shape, dropout, batchnorm, **options)
 
 

@@ -199,6 +199,7 @@ def train(
         stem=str(cfg.model.stem),
         input_norm=str(cfg.model.input_norm),
         width=cfg.model.width,
+        crop=list(cfg.model.crop),
     )
     trained = _with_device_augmentation(model, augment, cfg.seed) if on_device and augment else model
     compile_model(trained, cfg, len(data.train.labels))

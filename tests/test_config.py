@@ -148,6 +148,14 @@ def test_image_size_minimum_depends_on_the_network():
     validate(compose_config("model=resnet18", "data.image_size=32", f"data.root={DATA_ROOT}"))
     with pytest.raises(ConfigError, match="data.image_size=16 .* resnet50"):
         validate(compose_config("model=resnet50", "data.image_size=16", f"data.root={DATA_ROOT}"))
+    with pytest.raises(ConfigError, match="data.image_size=40 .* after model.crop"):
+        validate(compose_config("data.image_size=40", "model.crop=[0.25,0.1,0,0]", f"data.root={DATA_ROOT}"))
+
+
+@pytest.mark.parametrize("crop", ["[0.1,0.1,0.1]", "[0.3,0,0,0]", "[-0.1,0,0,0]"])
+def test_the_lung_crop_takes_four_fractions_up_to_a_quarter(crop):
+    with pytest.raises(ConfigError, match=r"model.crop=.* four fractions \[top, bottom, left, right\]"):
+        validate(compose_config(f"model.crop={crop}", f"data.root={DATA_ROOT}"))
 
 
 def test_relative_paths_resolve_under_the_project():

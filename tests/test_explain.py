@@ -69,17 +69,23 @@ def test_gradcam_is_an_input_dependent_gradient_map(name, xrays):
     np.testing.assert_allclose(mixed, expected, atol=1e-5)
 
 
-def test_gradcam_of_a_global_average_pooling_head_is_the_class_activation_map(xrays):
+@pytest.mark.parametrize("crop", [[], [0.125, 0.25, 0.0625, 0.0625]])
+def test_gradcam_of_a_global_average_pooling_head_is_the_class_activation_map(xrays, crop):
     """For features -> global average pooling -> Dense, the channel weights are exactly w_k / (h w).
 
-    So Grad-CAM must equal CAM (Zhou et al. 2016) computed from the weights, not from gradients.
+    So Grad-CAM must equal CAM (Zhou et al. 2016) computed from the weights, not from gradients. With a lung crop
+    (`model.crop`) the map covers the crop, 8, 16, 4 and 4 px in from the sides here, and is zero outside it.
     """
     images, _ = xrays
-    model = _model("resnet18")
+    keras.utils.set_random_seed(0)
+    model = build_model("resnet18", (SIZE, SIZE, 1), dropout=0.5, batchnorm=True, crop=crop)
     features = backbone(model).predict(images, verbose=0)  # (n, 2, 2, 512)
     kernel = model.get_layer("logit").get_weights()[0][:, 0]
     cam = np.maximum(features @ kernel, 0)[..., None]
-    cam = keras.ops.convert_to_numpy(keras.ops.image.resize(cam, (SIZE, SIZE), interpolation="bilinear"))[..., 0]
+    top, bottom, left, right = (8, 16, 4, 4) if crop else (0, 0, 0, 0)
+    inside = (SIZE - top - bottom, SIZE - left - right)
+    cam = keras.ops.convert_to_numpy(keras.ops.image.resize(cam, inside, interpolation="bilinear"))[..., 0]
+    cam = np.pad(cam, ((0, 0), (top, bottom), (left, right)))
     peak = cam.max(axis=(1, 2), keepdims=True)
     expected = np.where(peak > 0, cam / np.where(peak > 0, peak, 1), 0)
     np.testing.assert_allclose(gradcam(model, images), expected, atol=1e-4)

@@ -17,6 +17,7 @@ from ablation.models import (
     backbone,
     bare_network,
     build_model,
+    cropped_shape,
     min_image_size,
     network_of,
     with_probability,
@@ -224,3 +225,22 @@ def test_width_scales_every_resnet_layer_and_the_cnn_refuses_it():
     assert half.get_layer("features").output.shape[-1] == 256
     with pytest.raises(ValueError, match="model.width=0.5 is not allowed for cnn"):
         build_model("cnn", SHAPE, dropout=0.0, batchnorm=True, width=0.5)
+
+
+def test_the_lung_crop_feeds_the_network_the_cut_image_and_saves_safely(batch, tmp_path):
+    images, _ = batch
+    crop = [0.125, 0.25, 0.0625, 0.0625]  # 8, 16, 4 and 4 of 64 px
+    cropping = build_model("resnet18", SHAPE, dropout=0.0, batchnorm=True, crop=crop)
+    assert cropped_shape(SHAPE, crop) == (40, 56, 1)
+    # An independent computation: the same weights in a network without the crop, fed the cut images.
+    plain = build_model("resnet18", (40, 56, 1), dropout=0.0, batchnorm=True)
+    plain.set_weights(cropping.get_weights())
+    expected = plain.predict(images[:, 8:-16, 4:-4], verbose=0)
+    np.testing.assert_allclose(cropping.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-5)
+
+    path = tmp_path / "cropped.keras"
+    with_probability(cropping).save(path)
+    loaded = network_of(keras.models.load_model(path, safe_mode=True))
+    np.testing.assert_allclose(loaded.predict(images[:8], verbose=0), expected[:8], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"image_size=48 with model.crop=\[0.25, 0.25, 0, 0\] leaves 24 px, too small"):
+        build_model("resnet50", (48, 48, 1), dropout=0.0, batchnorm=True, crop=[0.25, 0.25, 0, 0])
