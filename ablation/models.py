@@ -81,9 +81,9 @@ def build_model(
     """The network `name` for images of `input_shape`; refuses unknown names and too-small images."""
     side, minimum = min(cropped_shape(input_shape, crop)[:2]), min_image_size(name, stem)
     if side < minimum:
+        cut = f" with model.crop={list(crop)} leaves {side} px," if crop else " is"
         raise ValueError(
-            f"data.image_size={input_shape[0]} with model.crop={list(crop)} leaves {side} px, too small for {name}: "
-            f"its downsampling needs at least {minimum} px"
+            f"data.image_size={input_shape[0]}{cut} too small for {name}: its downsampling needs at least {minimum} px"
         )
     if name == "cnn":
         if width != 1:
