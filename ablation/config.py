@@ -49,6 +49,7 @@ class Schedule(StrEnum):
 class ThresholdRule(StrEnum):  # how trainer.tune_threshold picks it on validation (ablation.metrics)
     youden = "youden"
     midpoint = "midpoint"
+    prior = "prior"  # undoes class balancing: needs class_weighting oversample or balanced
 
 
 class AugmentOn(StrEnum):
@@ -274,6 +275,12 @@ def validate(cfg: DictConfig) -> None:
         "trainer.tta_widths",
         widths,
         f"[] (off) or two or more width factors in [{TTA_WIDTH_RANGE[0]}, {TTA_WIDTH_RANGE[1]}], e.g. [0.9,1,1.1]",
+    )
+    _check(
+        not (trainer.tune_threshold and trainer.threshold_rule == ThresholdRule.prior and weighting == "none"),
+        "trainer.threshold_rule",
+        str(trainer.threshold_rule),
+        "youden or midpoint with class_weighting=none (prior undoes class balancing: oversample or balanced)",
     )
     _check(trainer.steps_per_execution >= 1, "trainer.steps_per_execution", trainer.steps_per_execution, "an int >= 1")
 

@@ -49,4 +49,13 @@ def midpoint_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.clip(sigmoid(middle), 1e-6, 1 - 1e-6))
 
 
-THRESHOLD_RULES = {"youden": youden_threshold, "midpoint": midpoint_threshold}
+def prior_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """For a model trained class-balanced (`class_weighting` oversample or balanced), whose probabilities assume
+    the classes equally common: the threshold that gives the class prior of train/ back. Posterior odds are the
+    balanced odds times pi / (1 - pi), pi the pneumonia share, so they pass 1 where the balanced probability passes
+    1 - pi, the NORMAL share; it is read off the (validation) labels, drawn from train/ by patient within each
+    class. The probabilities are not needed."""
+    return float(np.clip(np.mean(np.asarray(labels) == 0), 1e-6, 1 - 1e-6))
+
+
+THRESHOLD_RULES = {"youden": youden_threshold, "midpoint": midpoint_threshold, "prior": prior_threshold}

@@ -179,3 +179,11 @@ def test_the_installed_commands_run_from_anywhere_and_ablation_completes_with_hy
     for command in ("ablation-report", "ablation-predict"):
         usage = run_command([bin_dir / command, "--help"], 120, cwd=tmp_path)
         assert usage.returncode == 0 and usage.stdout.startswith(f"usage: {command} "), usage.stderr
+
+
+def test_the_prior_threshold_rule_needs_a_class_balanced_model():
+    rule = ["trainer.tune_threshold=true", "trainer.threshold_rule=prior", f"data.root={DATA_ROOT}"]
+    validate(compose_config(*rule, "class_weighting=oversample"))
+    validate(compose_config(*rule, "class_weighting=balanced"))
+    with pytest.raises(ConfigError, match="trainer.threshold_rule='prior' is not allowed: .* class_weighting=none"):
+        validate(compose_config(*rule, "class_weighting=none"))

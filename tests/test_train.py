@@ -65,7 +65,7 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_cfg):
 
 
 @pytest.mark.slow  # trains more than once, or longer than a fast test should
-@pytest.mark.parametrize("rule", ["youden", "midpoint"])
+@pytest.mark.parametrize("rule", ["youden", "midpoint", "prior"])
 def test_threshold_tuned_on_validation_not_test(tiny_cfg, rule):
     with open_dict(tiny_cfg):
         tiny_cfg.trainer.tune_threshold = True
@@ -74,7 +74,8 @@ def test_threshold_tuned_on_validation_not_test(tiny_cfg, rule):
     result = train(tiny_cfg)
     val = result.data.val
     logits = result.model.predict(val.images.astype(np.float32), verbose=0).ravel()
-    chosen = {"youden": youden_threshold, "midpoint": midpoint_threshold}[rule]
+    normal_share = lambda labels, _: np.count_nonzero(labels == 0) / len(labels)  # noqa: E731
+    chosen = {"youden": youden_threshold, "midpoint": midpoint_threshold, "prior": normal_share}[rule]
     assert result.threshold == pytest.approx(chosen(val.labels, 1 / (1 + np.exp(-logits.astype(float)))))
 
 
