@@ -27,7 +27,13 @@ CLASS_WEIGHTINGS = ("none", "balanced", "oversample")
 NOT_CONFIGURATION = ("tracking", "paths", "hydra", "data.root", "data.cache_dir", "trainer.verbose")
 # Keys added after runs were logged, each with the value that does what runs before it did: at that value a key stays
 # out of a configuration's identity, so resume still finds the older runs (keys added before this rule are not here).
-ADDED_KEYS = {"trainer.tta_widths": "[]", "model.input_norm": "fixed", "model.width": "1.0", "model.crop": "[]"}
+ADDED_KEYS = {
+    "trainer.tta_widths": "[]",
+    "model.input_norm": "fixed",
+    "model.width": "1.0",
+    "model.crop": "[]",
+    "optimizer.momentum": "None",
+}
 
 
 class Precision(StrEnum):
@@ -39,6 +45,11 @@ class Precision(StrEnum):
 class Monitor(StrEnum):
     val_auc = "val_auc"
     val_loss = "val_loss"
+
+
+class OptimizerName(StrEnum):  # the config group optimizer/ (ablation.train.build_optimizer)
+    adam = "adam"
+    sgd = "sgd"  # with Nesterov momentum
 
 
 class Schedule(StrEnum):
@@ -108,8 +119,9 @@ class ClassWeightingConf:
 
 @dataclass
 class OptimizerConf:
-    name: str = "adam"
+    name: OptimizerName = OptimizerName.adam
     lr: float = 1e-3
+    momentum: float | None = None  # SGD's; null for Adam, whose moments are its own
     schedule: Schedule = Schedule.constant
     weight_decay: float = 0.0
     ema: float = 0.0
@@ -250,6 +262,11 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a float > 0")
     _check(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", cfg.optimizer.weight_decay, "a float >= 0")
     _check(0 <= cfg.optimizer.ema < 1, "optimizer.ema", cfg.optimizer.ema, "a momentum in [0, 1); 0 turns it off")
+    momentum = cfg.optimizer.momentum
+    if cfg.optimizer.name == OptimizerName.sgd:
+        _check(momentum is not None and 0 <= momentum < 1, "optimizer.momentum", momentum, "a float in [0, 1) for sgd")
+    else:
+        _check(momentum is None, "optimizer.momentum", momentum, "null for adam (momentum is sgd's: optimizer=sgd)")
     weighting = cfg.class_weighting.name
     _check(weighting in CLASS_WEIGHTINGS, "class_weighting", weighting, f"one of {CLASS_WEIGHTINGS}")
 

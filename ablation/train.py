@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from ablation import backend, interrupts, pipeline
-from ablation.config import MONITORS, AugmentOn, Schedule
+from ablation.config import MONITORS, AugmentOn, OptimizerName, Schedule
 from ablation.data import ChestXray, load_data
 from ablation.metrics import THRESHOLD_RULES, binary_metrics, sigmoid
 from ablation.models import build_model, with_tta
@@ -52,14 +52,17 @@ def build_optimizer(cfg: DictConfig, steps_per_epoch: int) -> keras.optimizers.O
     lr = cfg.optimizer.lr
     if cfg.optimizer.schedule == Schedule.cosine:
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
-    # Keras applies weight decay decoupled from the gradient step (AdamW); None leaves it off.
+    # Keras decouples weight decay from the gradient step (AdamW; SGD likewise); None leaves it off.
     ema = cfg.optimizer.ema
-    return keras.optimizers.Adam(
-        learning_rate=lr,
-        weight_decay=cfg.optimizer.weight_decay or None,
-        use_ema=ema > 0,
-        ema_momentum=ema or 0.99,  # Keras' default, unused when the average is off
-    )
+    common = {
+        "learning_rate": lr,
+        "weight_decay": cfg.optimizer.weight_decay or None,
+        "use_ema": ema > 0,
+        "ema_momentum": ema or 0.99,  # Keras' default, unused when the average is off
+    }
+    if cfg.optimizer.name == OptimizerName.sgd:
+        return keras.optimizers.SGD(momentum=cfg.optimizer.momentum, nesterov=True, **common)
+    return keras.optimizers.Adam(**common)
 
 
 def training_metrics() -> list[keras.metrics.Metric]:

@@ -83,6 +83,7 @@ def test_unknown_model_lists_the_options():
         ("augmentation.rotation_deg=400", "augmentation.rotation_deg", "[0, 180]"),
         ("augmentation.aspect=1.5", "augmentation.aspect", "[0, 1)"),
         ("optimizer.ema=1", "optimizer.ema", "[0, 1)"),
+        ("optimizer.momentum=0.9", "optimizer.momentum", "null for adam"),
         ("data.root=/nonexistent/chest_xray", "data.root", "train/ and test/"),
     ],
 )
@@ -100,6 +101,7 @@ def test_out_of_range_values_are_refused_by_key(override, key, allowed):
         ("trainer.monitor=val_f1", "[val_auc, val_loss]"),
         ("trainer.precision=float16", "[float32, mixed_float16, mixed_bfloat16]"),
         ("optimizer.schedule=step", "[constant, cosine]"),
+        ("optimizer.name=rmsprop", "[adam, sgd]"),
         ("trainer.augment_on=gpu", "[data, model]"),
     ],
 )
@@ -150,6 +152,13 @@ def test_image_size_minimum_depends_on_the_network():
         validate(compose_config("model=resnet50", "data.image_size=16", f"data.root={DATA_ROOT}"))
     with pytest.raises(ConfigError, match="data.image_size=40 .* after model.crop"):
         validate(compose_config("data.image_size=40", "model.crop=[0.25,0.1,0,0]", f"data.root={DATA_ROOT}"))
+
+
+@pytest.mark.parametrize("momentum", ["null", "1", "-0.5"])
+def test_sgd_needs_a_momentum_in_the_unit_interval(momentum):
+    validate(compose_config("optimizer=sgd", f"data.root={DATA_ROOT}"))
+    with pytest.raises(ConfigError, match=r"^optimizer.momentum=.* a float in \[0, 1\) for sgd"):
+        validate(compose_config("optimizer=sgd", f"optimizer.momentum={momentum}", f"data.root={DATA_ROOT}"))
 
 
 @pytest.mark.parametrize("crop", ["[0.1,0.1,0.1]", "[0.3,0,0,0]", "[-0.1,0,0,0]"])

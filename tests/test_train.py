@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
+from conftest import compose_config
 from omegaconf import open_dict
 from sklearn import metrics
 
@@ -85,6 +87,15 @@ def test_weight_decay_turns_adam_into_adamw(weight_decay, tiny_cfg):
 
     tiny_cfg.optimizer.weight_decay = weight_decay
     assert build_optimizer(tiny_cfg, steps_per_epoch=10).weight_decay == (weight_decay or None)
+
+
+def test_optimizer_sgd_is_nesterov_sgd_with_the_configured_momentum():
+    from ablation.train import build_optimizer
+
+    optimizer = build_optimizer(compose_config("optimizer=sgd", "optimizer.momentum=0.8"), steps_per_epoch=10)
+    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov and optimizer.momentum == 0.8
+    assert float(optimizer.learning_rate) == pytest.approx(0.05)
+    assert isinstance(build_optimizer(compose_config(), steps_per_epoch=10), keras.optimizers.Adam)
 
 
 @pytest.mark.slow  # trains more than once, or longer than a fast test should
