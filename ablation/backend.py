@@ -112,11 +112,14 @@ def _as_float(images, labels):
     return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)
 
 
-def tf_train_dataset(images, labels, batch_size: int, seed: int, augment=None, oversample: bool = False):
-    """Shuffled (or class-balanced) batches, augmented on the CPU ahead of the training step, prefetched.
+def tf_train_dataset(
+    images, labels, batch_size: int, seed: int, augment=None, oversample: bool = False, mixup: float = 0.0
+):
+    """Shuffled (or class-balanced) batches, mixed (`mixup` > 0) and augmented on the CPU ahead of the training
+    step, prefetched.
 
-    Each batch's augmentation draws from its own stateless seed: Keras' generator keeps its state in a variable,
-    and under op determinism TensorFlow would run a map that touches a variable serially and without prefetch.
+    Each batch's mixup and augmentation draw from its own stateless seed: Keras' generator keeps its state in a
+    variable, and under op determinism TensorFlow would run a map that touches a variable serially and without prefetch.
     A `keras.StatelessScope` hands the generator each batch's seed instead, so tf.data runs the map in parallel,
     with the same batches for the same seed and new ones every epoch.
     """
@@ -136,12 +139,20 @@ def tf_train_dataset(images, labels, batch_size: int, seed: int, augment=None, o
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(_as_float, num_parallel_calls=autotune)
-    if augment is not None:
+    if augment is not None or mixup:
+        from ablation.pipeline import mix
+
         generator = keras.random.SeedGenerator(seed)
 
         def augmented(batch, batch_seed):
+            images, labels = batch
             with keras.StatelessScope(state_mapping=[(generator.state, tf.cast(batch_seed, generator.state.dtype))]):
-                return augment(batch[0], generator), batch[1]
+                if mixup:
+                    draws = keras.random.beta((tf.shape(images)[0],), mixup, mixup, seed=generator)
+                    images, labels = mix(images, labels, draws)
+                if augment is not None:
+                    images = augment(images, generator)
+                return images, labels
 
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
         ds = tf.data.Dataset.zip(ds, seeds).map(augmented, num_parallel_calls=autotune)

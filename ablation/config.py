@@ -33,6 +33,7 @@ ADDED_KEYS = {
     "model.width": "1.0",
     "model.crop": "[]",
     "optimizer.momentum": "None",
+    "augmentation.mixup": "0.0",
 }
 
 
@@ -110,6 +111,7 @@ class AugmentationConf:
     brightness: float = 0.0
     contrast: float = 0.0
     aspect: float = 0.0
+    mixup: float = 0.0  # Beta's alpha for mixup in the feed (ablation.pipeline.mix); 0 off
 
 
 @dataclass
@@ -233,6 +235,7 @@ def _check(ok: bool, key: str, value: object, allowed: str) -> None:
 
 
 TTA_WIDTH_RANGE = (0.5, 2.0)
+MAX_MIXUP = 10.0  # alpha: at 10 the weights already sit near 0.5 (an even blend); mixup's papers use 0.1 to 1
 MAX_CROP = 0.25  # of each side: the lungs reach to within about an eighth of the image's sides
 SEED_RANGE = (0, 2**32 - 1)  # what numpy's and TensorFlow's seeding accept
 
@@ -274,6 +277,7 @@ def validate(cfg: DictConfig) -> None:
     _check(0 <= aug.rotation_deg <= 180, "augmentation.rotation_deg", aug.rotation_deg, "degrees in [0, 180]")
     for key in ("shift", "zoom", "aspect", "brightness", "contrast"):
         _check(0 <= aug[key] < 1, f"augmentation.{key}", aug[key], "a fraction in [0, 1)")
+    _check(0 <= aug.mixup <= MAX_MIXUP, "augmentation.mixup", aug.mixup, f"Beta's alpha in [0, {MAX_MIXUP}]; 0 = off")
 
     trainer = cfg.trainer
     _check(

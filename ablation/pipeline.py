@@ -83,6 +83,15 @@ class Augmentation:
         return self.apply(images, self.parameters(ops.shape(images)[0], seed))
 
 
+def mix(images, labels, draws):
+    """mixup in the feed, before the augmentation: each example blended with its partner in the reversed batch (a
+    random partner, as batches are shuffled) by max(l, 1 - l), l its draw from Beta(alpha, alpha), so that each
+    stays mostly itself; its label likewise. Numpy arrays and tensors alike (both feeds)."""
+    w = 0.5 + abs(draws[:, None] - 0.5)
+    w_images = w[:, :, None, None]
+    return w_images * images + (1 - w_images) * images[::-1], w * labels + (1 - w) * labels[::-1]
+
+
 def build_augmentation(aug: DictConfig) -> Augmentation | None:
     """The batch augmentation an `augmentation` config asks for; None when it asks for nothing."""
     augmentation = Augmentation(aug)
@@ -111,12 +120,19 @@ class ArrayBatches(keras.utils.PyDataset):
     """
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None, oversample=False
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int | None = None,
+        oversample=False,
+        mixup: float = 0.0,
     ):
         super().__init__(workers=2, use_multiprocessing=False, max_queue_size=8)
         self.images, self.labels, self.batch_size = images, labels.reshape(-1, 1), batch_size
+        self.seed, self.epoch = seed, 0
         self.rng = None if seed is None else np.random.default_rng(seed)
-        self.oversample = oversample
+        self.oversample, self.mixup = oversample, mixup
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
@@ -139,11 +155,17 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.images[rows].astype(np.float32), self.labels[rows].astype(np.float32)
+        images, labels = self.images[rows].astype(np.float32), self.labels[rows].astype(np.float32)
+        if self.mixup and self.rng is not None:
+            # Its own generator per batch: the threads prepare batches in any order.
+            draws = np.random.default_rng((self.seed, self.epoch, index)).beta(self.mixup, self.mixup, len(rows))
+            images, labels = mix(images, labels, draws.astype(np.float32))
+        return images, labels
 
     def on_epoch_end(self) -> None:
         if self.rng is not None:
             self.order = self._order()
+            self.epoch += 1
 
 
 def train_batches(
@@ -153,15 +175,16 @@ def train_batches(
     seed: int,
     augment: Augmentation | None = None,
     oversample: bool = False,
+    mixup: float = 0.0,
 ):
-    """Shuffled (or class-balanced when `oversample`) training batches, augmented in the feed when `augment` is
-    given (TensorFlow's tf.data only: elsewhere the model's first layer augments). One epoch is `len(images)`
-    examples either way, so epochs stay comparable across weightings."""
+    """Shuffled (or class-balanced when `oversample`) training batches, mixed when `mixup` (Beta's alpha) is > 0,
+    augmented in the feed when `augment` is given (TensorFlow's tf.data only: elsewhere the model's first layer
+    augments). One epoch is `len(images)` examples either way, so epochs stay comparable across weightings."""
     if backend.TENSORFLOW:
-        return backend.tf_train_dataset(images, labels, batch_size, seed, augment, oversample)
+        return backend.tf_train_dataset(images, labels, batch_size, seed, augment, oversample, mixup)
     if augment is not None:
         raise ValueError(f"augmentation in the input feed needs tf.data; under {backend.NAME} the model augments")
-    return ArrayBatches(images, labels, batch_size, seed, oversample)
+    return ArrayBatches(images, labels, batch_size, seed, oversample, mixup)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):

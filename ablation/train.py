@@ -175,6 +175,7 @@ def _train_batches(cfg: DictConfig, data: ChestXray, augment: pipeline.Augmentat
         cfg.seed,
         augment=augment,
         oversample=cfg.class_weighting.name == "oversample",
+        mixup=cfg.augmentation.mixup,
     )
 
 

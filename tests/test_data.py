@@ -221,6 +221,50 @@ def test_array_batches_reshuffle_each_epoch_the_same_for_the_same_seed(cache_dir
     assert x.dtype == y.dtype == np.float32 and y.shape == (8, 1)
 
 
+def _recovered_mixup(plain_batch, mixed_batch):
+    """Each mixed example as w x + (1 - w) x_partner, the partner its mirror in the batch: w by least squares on the
+    pixels, and how far the pixels and the label stray from that blend."""
+    (x, y), (xm, ym) = (tuple(np.asarray(a, np.float64) for a in batch) for batch in (plain_batch, mixed_batch))
+    n = len(x)
+    weights, pixel_error, label_error = np.empty(n), np.empty(n), np.empty(n)
+    for i in range(n):
+        partner = n - 1 - i
+        d = (x[i] - x[partner]).ravel()
+        w = 1.0 if not d.any() else float(d @ (xm[i] - x[partner]).ravel() / (d @ d))
+        weights[i] = w
+        pixel_error[i] = np.abs(xm[i] - (w * x[i] + (1 - w) * x[partner])).max()
+        label_error[i] = abs(ym[i, 0] - (w * y[i, 0] + (1 - w) * y[partner, 0]))
+    return weights, pixel_error, label_error
+
+
+@pytest.mark.parametrize("feed", ["tf.data", "ArrayBatches"])
+def test_mixup_blends_each_example_with_its_partner_and_keeps_it_dominant(feed, cache_dir):
+    from ablation.pipeline import ArrayBatches, train_batches
+
+    data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=16)
+
+    def batches(mixup, seed=0):
+        if feed == "ArrayBatches":
+            feed_ = ArrayBatches(data.train.images, data.train.labels, 8, seed, mixup=mixup)
+            return [feed_[i] for i in range(len(feed_))]
+        return list(train_batches(data.train.images, data.train.labels, 8, seed, mixup=mixup))
+
+    plain, mixed = batches(0.0), batches(0.4)
+    assert len(plain) == len(mixed)
+    weights = []
+    for plain_batch, mixed_batch in zip(plain, mixed, strict=True):
+        w, pixel_error, label_error = _recovered_mixup(plain_batch, mixed_batch)
+        assert pixel_error.max() < 1e-3 and label_error.max() < 1e-5
+        weights.append(w)
+    weights = np.concatenate(weights)
+    assert weights.min() >= 0.5 - 1e-6 and weights.max() <= 1 + 1e-6 and weights.std() > 0.05
+    labels = np.concatenate([np.asarray(y).ravel() for _, y in mixed])
+    assert ((labels > 0) & (labels < 1)).any()  # soft labels where the classes met
+    again = batches(0.4)
+    for a, b in zip(mixed, again, strict=True):
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))  # the same seed, the same blends
+
+
 @pytest.mark.parametrize("option", ["none", "flip", "xray"])
 def test_augmentation_options(option, cache_dir):
     from ablation.pipeline import build_augmentation, eval_batches, train_batches

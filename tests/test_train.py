@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_with_the_reason(tiny_cfg):
             "optimizer.weight_decay": 0.01,
             "trainer.augment_on": "model",
         },
-        {"trainer.jit_compile": True, "trainer.deterministic": False},
+        {"trainer.jit_compile": True, "trainer.deterministic": False, "augmentation.mixup": 0.4},
     ],
 )
 def test_performance_and_schedule_switches_train(switches, tiny_cfg):
