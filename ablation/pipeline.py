@@ -1,7 +1,7 @@
 """The input feed and training-time augmentation, used by `python -m ablation`: Keras only, any backend.
 
-Pixels arrive decoded and resized (ablation.data's cache), so an epoch only shuffles, batches, augments
-and feeds. Under TensorFlow the feed is tf.data (`ablation.backend`), where the augmentation runs on the
+Pixels arrive decoded and resized (ablation.data's cache), so an epoch only shuffles, batches, mixes (mixup),
+augments and feeds. Under TensorFlow the feed is tf.data (`ablation.backend`), where the augmentation runs on the
 CPU ahead of the training step (`trainer.augment_on=data`); under JAX it is `ArrayBatches`, a prefetching
 `keras.utils.PyDataset` over the cached arrays, and the augmentation runs as the model's first layer, on
 the device. The augmentation is written in `keras.ops` and `keras.random`, so both are the same code.
