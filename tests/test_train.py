@@ -140,8 +140,6 @@ def test_non_finite_loss_stops_with_the_reason(tiny_cfg):
     ],
 )
 def test_performance_and_schedule_switches_train(switches, tiny_cfg):
-    from conftest import compose_config
-
     with open_dict(tiny_cfg):
         tiny_cfg.augmentation = compose_config("augmentation=xray").augmentation
         for key, value in switches.items():
