@@ -34,6 +34,7 @@ ADDED_KEYS = {
     "model.crop": "[]",
     "optimizer.momentum": "None",
     "augmentation.mixup": "0.0",
+    "augmentation.erasing": "0.0",
 }
 
 
@@ -112,6 +113,7 @@ class AugmentationConf:
     contrast: float = 0.0
     aspect: float = 0.0
     mixup: float = 0.0  # Beta's alpha for mixup in the feed (ablation.pipeline.mix); 0 off
+    erasing: float = 0.0  # chance that random erasing blanks one rectangle of an image (ablation.pipeline); 0 off
 
 
 @dataclass
@@ -277,6 +279,7 @@ def validate(cfg: DictConfig) -> None:
     _check(0 <= aug.rotation_deg <= 180, "augmentation.rotation_deg", aug.rotation_deg, "degrees in [0, 180]")
     for key in ("shift", "zoom", "aspect", "brightness", "contrast"):
         _check(0 <= aug[key] < 1, f"augmentation.{key}", aug[key], "a fraction in [0, 1)")
+    _check(0 <= aug.erasing <= 1, "augmentation.erasing", aug.erasing, "a probability in [0, 1]; 0 = off")
     _check(0 <= aug.mixup <= MAX_MIXUP, "augmentation.mixup", aug.mixup, f"Beta's alpha in [0, {MAX_MIXUP}]; 0 = off")
 
     trainer = cfg.trainer

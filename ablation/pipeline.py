@@ -18,11 +18,15 @@ from omegaconf import DictConfig
 
 from ablation import backend
 
+ERASED_AREA = (0.02, 0.4)  # random erasing's rectangle, as a fraction of the image (Zhong et al. 2017)
+ERASED_RATIO = (0.3, 1 / 0.3)  # and its height/width ratio
+
 
 class Augmentation:
     """Flip, rotation, shift, zoom and aspect stretch compose into one affine map per image, so each batch is
     resampled once (`keras.ops.image.affine_transform`, bilinear, black outside the image); then brightness
-    and contrast, clipped to [0, 255]. Images are float32 (B, H, W, C) in [0, 255].
+    and contrast; then random erasing (`erasing`: the chance that one rectangle of the image is set to the image's
+    mean grey); clipped to [0, 255]. Images are float32 (B, H, W, C) in [0, 255].
 
     `augmentation(images, seed)` draws each image's parameters from `seed`, an int or a
     `keras.random.SeedGenerator`; `apply(images, parameters)` takes them given (the same geometry on every backend).
@@ -33,20 +37,23 @@ class Augmentation:
         self.rotation, self.shift, self.zoom = math.radians(aug.rotation_deg), float(aug.shift), float(aug.zoom)
         self.log_aspect = math.log1p(aug.aspect)
         self.brightness, self.contrast = float(aug.brightness) * 255, float(aug.contrast)
+        self.erasing = float(aug.erasing)
         self.geometric = bool(self.flip or self.rotation or self.shift or self.zoom or self.log_aspect)
 
     def __bool__(self) -> bool:
-        return bool(self.geometric or self.brightness or self.contrast)
+        return bool(self.geometric or self.brightness or self.contrast or self.erasing)
 
     def parameters(self, n, seed) -> dict:
         """Per-image parameters, each of shape (n,): mirror (+-1), angle (rad), scale, shift_x and shift_y (fractions
-        of the side), stretch (the width/height factor is its square), brightness (added), contrast (factor)."""
+        of the side), stretch (the width/height factor is its square), brightness (added), contrast (factor); with
+        erasing, also erase (1 or 0), the erased rectangle's centre (erase_y, erase_x) and sides (erase_height,
+        erase_width), fractions of the image's. Erasing's draws come last, so without it the others are unchanged."""
         generator = seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
 
         def uniform(half_width: float, center: float = 0.0):
             return keras.random.uniform((n,), center - half_width, center + half_width, seed=generator)
 
-        return {
+        parameters = {
             "mirror": ops.where(uniform(0.5) < 0, -1.0, 1.0) if self.flip else ops.ones((n,)),
             "angle": uniform(self.rotation),
             "scale": uniform(self.zoom, 1.0),
@@ -56,6 +63,20 @@ class Augmentation:
             "brightness": uniform(self.brightness),
             "contrast": uniform(self.contrast, 1.0),
         }
+        if self.erasing:
+            area = uniform((ERASED_AREA[1] - ERASED_AREA[0]) / 2, sum(ERASED_AREA) / 2)
+            log_ratio = uniform(math.log(ERASED_RATIO[1]))  # the ratio range is symmetric in log
+            erase_height = ops.minimum(ops.sqrt(area * ops.exp(log_ratio)), 1.0)
+            erase_width = ops.minimum(ops.sqrt(area / ops.exp(log_ratio)), 1.0)
+            parameters |= {
+                "erase": ops.cast(uniform(0.5, 0.5) < self.erasing, "float32"),
+                # centres that keep the rectangle inside the image
+                "erase_y": erase_height / 2 + uniform(0.5, 0.5) * (1 - erase_height),
+                "erase_x": erase_width / 2 + uniform(0.5, 0.5) * (1 - erase_width),
+                "erase_height": erase_height,
+                "erase_width": erase_width,
+            }
+        return parameters
 
     def apply(self, images, p: dict):
         if self.geometric:
@@ -77,10 +98,27 @@ class Augmentation:
         if self.contrast:
             mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
             images = (images - mean) * p["contrast"][:, None, None, None] + mean
+        if self.erasing:
+            images = _erased(images, p)
         return ops.clip(images, 0.0, 255.0)
 
     def __call__(self, images, seed):
         return self.apply(images, self.parameters(ops.shape(images)[0], seed))
+
+
+def _erased(images, p: dict):
+    """`images` with each chosen image's rectangle (centre and sides as fractions of the image's) set to that
+    image's mean grey: the network cannot lean on any one region, a marker or a lung alone."""
+    height, width = ops.shape(images)[1:3]
+
+    def inside(centre, side, length):  # (B, length): pixel centres within the rectangle's span on this axis
+        position = (ops.cast(ops.arange(length), "float32")[None, :] + 0.5) / ops.cast(length, "float32")
+        return ops.abs(position - centre[:, None]) <= side[:, None] / 2
+
+    rows = inside(p["erase_y"], p["erase_height"], height)
+    columns = inside(p["erase_x"], p["erase_width"], width)
+    erased = rows[:, :, None, None] & columns[:, None, :, None] & (p["erase"][:, None, None, None] > 0)
+    return ops.where(erased, ops.mean(images, axis=(1, 2, 3), keepdims=True), images)
 
 
 def mix(images, labels, draws):

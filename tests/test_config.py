@@ -83,6 +83,7 @@ def test_unknown_model_lists_the_options():
         ("augmentation.rotation_deg=400", "augmentation.rotation_deg", "[0, 180]"),
         ("augmentation.aspect=1.5", "augmentation.aspect", "[0, 1)"),
         ("augmentation.mixup=-0.2", "augmentation.mixup", "alpha in [0, 10.0]"),
+        ("augmentation.erasing=1.5", "augmentation.erasing", "a probability in [0, 1]"),
         ("optimizer.ema=1", "optimizer.ema", "[0, 1)"),
         ("optimizer.momentum=0.9", "optimizer.momentum", "null for adam"),
         ("data.root=/nonexistent/chest_xray", "data.root", "train/ and test/"),

@@ -316,7 +316,7 @@ def test_each_augmentation_range_alone_changes_images(cache_dir):
     xray = compose_config("augmentation=xray").augmentation
     data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=8)
     images = data.train.images[:8].astype(np.float32)
-    ranges = ("rotation_deg", "shift", "zoom", "aspect", "brightness", "contrast")
+    ranges = ("rotation_deg", "shift", "zoom", "aspect", "brightness", "contrast", "erasing")
     for key in ranges:
         only = xray.copy()
         for other in ranges:
@@ -344,3 +344,38 @@ def test_aspect_stretch_changes_the_width_height_ratio_not_the_area():
     assert ratios.min() > 1 / (1 + aspect) - 0.06 and ratios.max() < 1 + aspect + 0.06
     # ... and each stretch keeps the area: one side grows as the other shrinks.
     np.testing.assert_allclose(out.sum(axis=(1, 2)), 40 * 40, rtol=0.08)
+
+
+def test_random_erasing_blanks_one_rectangle_of_the_drawn_size_to_the_image_mean(cache_dir):
+    from ablation.pipeline import ERASED_AREA, build_augmentation
+
+    data = load_data(DATA_ROOT, 32, 0.1, 0, cache_dir, max_train_per_class=64)
+    images = data.train.images[:128].astype(np.float32)
+    erasing = build_augmentation(compose_config("augmentation=none", "augmentation.erasing=0.5").augmentation)
+    p = erasing.parameters(len(images), 7)
+    out = np.asarray(erasing.apply(images, p))[..., 0]
+    chosen = np.asarray(p["erase"]) > 0
+    assert 0.3 < chosen.mean() < 0.7  # about half the images
+    np.testing.assert_array_equal(out[~chosen], images[~chosen, ..., 0])
+    for image, source, height, width in zip(
+        out[chosen],
+        images[chosen, ..., 0],
+        np.asarray(p["erase_height"])[chosen],
+        np.asarray(p["erase_width"])[chosen],
+        strict=True,
+    ):
+        changed = image != source
+        rows, columns = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        # One solid rectangle: every pixel in the changed rows and columns' box changed (or already had the value) ...
+        box = image[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+        np.testing.assert_allclose(box, source.mean(), rtol=1e-5)
+        # ... the drawn size to within a pixel a side, in Zhong et al.'s area range.
+        assert abs(len(rows) - height * 32) <= 1 and abs(len(columns) - width * 32) <= 1
+        assert ERASED_AREA[0] - 0.01 <= height * width <= ERASED_AREA[1] + 1e-6
+    # Erasing's draws come after the others': with it on, the geometry and intensity of a seed stay as they were.
+    strong = compose_config("augmentation=strong").augmentation
+    plain = build_augmentation(strong).parameters(8, 3)
+    strong.erasing = 0.5
+    erased = build_augmentation(strong).parameters(8, 3)
+    for key, values in plain.items():
+        np.testing.assert_array_equal(np.asarray(values), np.asarray(erased[key]), err_msg=key)

@@ -135,6 +135,7 @@ def test_non_finite_loss_stops_with_the_reason(tiny_cfg):
             "optimizer.schedule": "cosine",
             "optimizer.weight_decay": 0.01,
             "trainer.augment_on": "model",
+            "augmentation.erasing": 0.5,
         },
         {"trainer.jit_compile": True, "trainer.deterministic": False, "augmentation.mixup": 0.4},
     ],
