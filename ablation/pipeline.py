@@ -37,7 +37,7 @@ class Augmentation:
         self.rotation, self.shift, self.zoom = math.radians(aug.rotation_deg), float(aug.shift), float(aug.zoom)
         self.log_aspect = math.log1p(aug.aspect)
         self.brightness, self.contrast = float(aug.brightness) * 255, float(aug.contrast)
-        self.erasing = float(aug.get("erasing", 0.0))  # absent from augmentation settings written before it
+        self.erasing = float(aug.erasing)
         self.geometric = bool(self.flip or self.rotation or self.shift or self.zoom or self.log_aspect)
 
     def __bool__(self) -> bool:

@@ -119,7 +119,8 @@ def test_a_model_trained_under_tensorflow_and_the_augmentation_give_the_same_res
     logged = pd.read_csv(client.download_artifacts(run_id, "test_predictions.csv", str(tmp_path)))[:8]
     images = np.stack([decode_image(f, 32) for f in logged.file])[..., None].astype(np.float32)
     parameters = _fixed_parameters(len(images))
-    settings = {"flip": True, "rotation_deg": 15, "shift": 0.1, "zoom": 0.15, "aspect": 0.3}
+    settings = OmegaConf.to_container(compose_config("augmentation=none").augmentation)  # every key of the schema
+    settings |= {"flip": True, "rotation_deg": 15, "shift": 0.1, "zoom": 0.15, "aspect": 0.3}
     settings |= {"brightness": 0.1, "contrast": 0.2}
     np.save(tmp_path / "images.npy", images)
     np.savez(tmp_path / "parameters.npz", **parameters)

@@ -15,21 +15,19 @@ import sys
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(PROJECT))  # benchmarks.compose: the config as `python -m ablation` composes it
+os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
 
 
 def record(out: str, overrides: list[str]) -> None:
-    os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
     import keras
     import numpy as np
-    from hydra import compose, initialize_config_dir
 
     from ablation import pipeline
-    from ablation.config import register
     from ablation.train import load, train
+    from benchmarks import compose
 
-    register()
-    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(*overrides)
     data = load(cfg)
     splits = {
         name: pipeline.eval_batches(split.images, split.labels, cfg.batch_size)

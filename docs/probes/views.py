@@ -3,8 +3,8 @@
     python docs/probes/views.py RUN_ID [RUN_ID ...]
 
 Scores each logged run's model on the test split with its logit averaged over the plain image and 3 or 8 views drawn
-from the recipe's training augmentation (`strong` with the aspect stretch 0.3), at full and at half its ranges, at the
-run's threshold. **It reads test figures**: a probe for the write-up, never a way to choose a model.
+from the recipe's training augmentation (`experiment=best`), at full and at half its ranges, at the run's threshold.
+**It reads test figures**: a probe for the write-up, never a way to choose a model.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
-RECIPE_AUGMENTATION = {"rotation_deg": 15, "shift": 0.1, "zoom": 0.2, "brightness": 0.1, "contrast": 0.2, "aspect": 0.3}
+sys.path.insert(0, str(PROJECT))  # benchmarks.compose: the config as `python -m ablation` composes it
+os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
+RANGES = ("rotation_deg", "shift", "zoom", "brightness", "contrast", "aspect")  # what "half the ranges" halves
 
 
 def main(run_ids: list[str]) -> None:
-    os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
     import numpy as np
     from mlflow import MlflowClient
-    from omegaconf import OmegaConf
     from sklearn.metrics import roc_auc_score
 
     from ablation.data import load_data
@@ -29,20 +29,23 @@ def main(run_ids: list[str]) -> None:
     from ablation.pipeline import Augmentation
     from ablation.predict import load_run
     from ablation.store import default_tracking_uri
+    from benchmarks import compose
 
+    recipe = compose("experiment=best")
     client = MlflowClient(default_tracking_uri())
-    root = os.environ.get("CHEST_XRAY_ROOT", str(PROJECT.parent / "shared/data/chest_xray"))
     for run_id in run_ids:
         with load_run(client, run_id) as run:
-            test = load_data(root, run.image_size, 0.1, 0, str(PROJECT / "runs/cache")).test
+            test = load_data(recipe.data.root, run.image_size, 0.1, 0, recipe.data.cache_dir).test
             images, labels = test.images.astype("float32"), test.labels
             network = network_of(run.model)
             cut = np.log(run.threshold / (1 - run.threshold))  # the run's threshold as a logit
             plain = network.predict(images, batch_size=64, verbose=0).ravel()
             scores = [f"plain {((plain >= cut) == labels).mean():.3f} / {roc_auc_score(labels, plain):.4f}"]
             for scale in (1.0, 0.5):
-                ranges = {key: value * scale for key, value in RECIPE_AUGMENTATION.items()}
-                augment = Augmentation(OmegaConf.create({"flip": False, "erasing": 0.0, **ranges}))
+                ranges = recipe.augmentation.copy()
+                for key in RANGES:
+                    ranges[key] *= scale
+                augment = Augmentation(ranges)
                 views = [plain] + [
                     network.predict(np.asarray(augment(images, 100 + i)), batch_size=64, verbose=0).ravel()
                     for i in range(8)
