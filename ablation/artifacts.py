@@ -18,12 +18,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ablation import backend, explain, figures, models
-from ablation.store import redact
-from ablation.tracking import MODEL
+from ablation.contract import DATA_RECORD, MODEL_ARTIFACT, redact
 from ablation.train import TrainResult
 
 
-def once_metrics(cfg: DictConfig, result: TrainResult, record: dict) -> dict[str, float]:
+def once_metrics(result: TrainResult, record: dict) -> dict[str, float]:
     """What a run logs once: test metrics, the kept epoch's validation metrics, sizes, timings, data counts."""
     once = {f"test_{k}": float(v) for k, v in result.test_metrics.items()}
     once.update({f"kept_{k}": v for k, v in result.kept_metrics.items()})
@@ -51,7 +50,7 @@ def write(cfg: DictConfig, result: TrainResult, folder: Path) -> dict[str, float
     result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
     (folder / "model_summary.txt").write_text(summary.getvalue())
     (folder / "config.yaml").write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
-    (folder / "data_record.json").write_text(json.dumps(record, indent=2))
+    (folder / DATA_RECORD).write_text(json.dumps(record, indent=2))
     for split, probabilities in (("test", result.test_probabilities), ("val", result.val_probabilities)):
         images = getattr(result.data, split)
         pd.DataFrame({"file": images.files, "label": images.labels, "probability": probabilities}).to_csv(
@@ -64,8 +63,8 @@ def write(cfg: DictConfig, result: TrainResult, folder: Path) -> dict[str, float
     explain.gradcam_panel(
         result.model, result.data.test.images, labels, probs, result.threshold, folder / "gradcam_panel.png"
     )
-    save_model(result.scorer, folder / MODEL, result.data.test.images[:1])
-    return once_metrics(cfg, result, record)
+    save_model(result.scorer, folder / MODEL_ARTIFACT, result.data.test.images[:1])
+    return once_metrics(result, record)
 
 
 def save_model(network: keras.Model, path: Path, example_images: np.ndarray) -> None:

@@ -1,8 +1,9 @@
 """What differs between Keras' backends, in one place: TensorFlow (the default and the CI path) and JAX.
 
 Everything else is written against Keras (layers, `keras.ops`, `keras.random`, callbacks) and runs on either.
-Here: the framework's own set-up for a run (device memory, determinism, seeds), the tf.data feed, the gradient
-Grad-CAM takes, the packages a saved model needs, and the error a determinism-less GPU op raises. TensorFlow is
+Here: the framework's own set-up for a run (device memory, determinism, seeds), the gradient Grad-CAM takes, the
+packages a saved model needs, and the error a determinism-less GPU op raises. The input feed of either backend is
+`ablation.pipeline`'s. TensorFlow is
 imported only under the TensorFlow backend; the backend itself is chosen before Keras starts
 (`ablation.devices.select_backend`, from `trainer.backend`).
 """
@@ -16,7 +17,6 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-from omegaconf import DictConfig
 
 NAME = keras.backend.backend()
 TENSORFLOW = NAME == "tensorflow"
@@ -26,7 +26,7 @@ class NonDeterministicOpError(RuntimeError):
     """An op with no deterministic kernel on this device ran under `trainer.deterministic=true`."""
 
 
-def set_up(cfg: DictConfig) -> None:
+def set_up(seed_value: int, precision: str = "float32", deterministic: bool = True) -> None:
     """A clean, seeded framework state for one run: a sweep may run several jobs in one process."""
     if TENSORFLOW:
         import tensorflow as tf
@@ -38,14 +38,14 @@ def set_up(cfg: DictConfig) -> None:
             except RuntimeError:  # already initialised by an earlier job in this process
                 pass
         # Deterministic ops also turn XLA off (Keras refuses jit_compile under op determinism).
-        if cfg.trainer.deterministic:
+        if deterministic:
             tf.config.experimental.enable_op_determinism()
         else:
             tf_config.disable_op_determinism()
     # Under JAX, memory and determinism are XLA flags read when JAX starts: ablation.devices.select_backend.
     keras.backend.clear_session()
-    seed(cfg.seed)
-    keras.mixed_precision.set_global_policy(str(cfg.trainer.precision))
+    seed(seed_value)
+    keras.mixed_precision.set_global_policy(precision)
 
 
 def seed(value: int) -> None:
@@ -101,66 +101,3 @@ def clearer_error(error: Exception) -> Exception | None:
                 "trainer.deterministic=false (the same seed may then give slightly different metrics)"
             )
     return None
-
-
-# --- tf.data (TensorFlow only) -------------------------------------------------------------------------------
-
-
-def _as_float(images, labels):
-    import tensorflow as tf
-
-    return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)
-
-
-def tf_train_dataset(
-    images, labels, batch_size: int, seed: int, augment=None, oversample: bool = False, mixup: float = 0.0
-):
-    """Shuffled (or class-balanced) batches, mixed (`mixup` > 0) and augmented on the CPU ahead of the training
-    step, prefetched.
-
-    Each batch's mixup and augmentation draw from its own stateless seed: Keras' generator keeps its state in a
-    variable, and under op determinism TensorFlow would run a map that touches a variable serially and without prefetch.
-    A `keras.StatelessScope` hands the generator each batch's seed instead, so tf.data runs the map in parallel,
-    with the same batches for the same seed and new ones every epoch.
-    """
-    import tensorflow as tf
-
-    autotune = tf.data.AUTOTUNE
-    labels = labels.reshape(-1, 1)
-    if oversample:
-        per_class = [
-            tf.data.Dataset.from_tensor_slices((images[mask], labels[mask]))
-            .shuffle(int(mask.sum()), seed=seed, reshuffle_each_iteration=True)
-            .repeat()
-            for mask in (labels[:, 0] == 0, labels[:, 0] == 1)
-        ]
-        ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed).take(len(images))
-    else:
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(_as_float, num_parallel_calls=autotune)
-    if augment is not None or mixup:
-        from ablation.pipeline import mix
-
-        generator = keras.random.SeedGenerator(seed)
-
-        def augmented(batch, batch_seed):
-            images, labels = batch
-            with keras.StatelessScope(state_mapping=[(generator.state, tf.cast(batch_seed, generator.state.dtype))]):
-                if mixup:
-                    draws = keras.random.beta((tf.shape(images)[0],), mixup, mixup, seed=generator)
-                    images, labels = mix(images, labels, draws)
-                if augment is not None:
-                    images = augment(images, generator)
-                return images, labels
-
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
-        ds = tf.data.Dataset.zip(ds, seeds).map(augmented, num_parallel_calls=autotune)
-    return ds.prefetch(autotune)
-
-
-def tf_eval_dataset(images, labels, batch_size: int):
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.reshape(-1, 1)))
-    return ds.batch(batch_size).map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

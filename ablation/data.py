@@ -25,9 +25,10 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm import tqdm
 
+from ablation.contract import CLASSES
+
 log = logging.getLogger(__name__)
 
-CLASSES = ("NORMAL", "PNEUMONIA")  # label 0 and 1
 LAYOUT = "data.root/{train,test}[/val]/{NORMAL,PNEUMONIA}/*.jpeg"
 CACHE_VERSION = 2  # bump when decoding changes, so old caches are never read (2: 16-bit scaling, EXIF orientation)
 FORMATS = ("JPEG", "PNG")  # what chest X-rays come as (Pillow's JPEG opener also takes MPO, a JPEG with extras)

@@ -23,7 +23,7 @@ from keras import ops  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ablation import backend  # noqa: E402
-from ablation.data import CLASSES  # noqa: E402
+from ablation.contract import CLASSES  # noqa: E402
 from ablation.models import CROP  # noqa: E402
 
 LAYER = "features"

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
-from ablation.data import CLASSES  # noqa: E402
+from ablation.contract import CLASSES  # noqa: E402
 
 
 def learning_curves(history: dict[str, list[float]], best_epoch: int, path: Path) -> Path:

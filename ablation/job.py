@@ -21,13 +21,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ablation import devices, interrupts, sweep, tracking
-from ablation.config import ConfigError, config_hash, validate
-from ablation.store import redact
+from ablation import contract, devices, interrupts, sweep, tracking
+from ablation.contract import redact
+from ablation.resume import Identity, already_finished
+from ablation.validate import ConfigError, validate
 
 log = logging.getLogger(__name__)
-
-DEVICES_TAG = "ablation.cuda_visible_devices"
 
 
 class RunNotEndedError(RuntimeError):
@@ -152,53 +151,6 @@ class Job:
         return " ".join(self.task)
 
 
-@dataclass
-class Identity:
-    """What resume matches a FINISHED run on: the training configuration and the images it reads."""
-
-    config: str  # `config.config_hash`
-    data: str | None  # `data.data_digest`; None when the folder cannot be read (the run then fails, saying why)
-
-    @classmethod
-    def of(cls, cfg: DictConfig) -> Identity:
-        from ablation.data import DataError, data_digest
-
-        try:
-            data = data_digest(cfg.data.root)
-        except (DataError, OSError):
-            data = None
-        return cls(config_hash(cfg), data)
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return {tracking.CONFIG_HASH: self.config, **({tracking.DATA_DIGEST: self.data} if self.data else {})}
-
-
-def already_finished(client, experiment_id: str, cfg: DictConfig, identity: Identity, commit: str):
-    """The FINISHED run resume skips this job for, or None. A run trained at another git commit is skipped with a
-    warning, or re-run with `tracking.resume_across_commits=false`."""
-    if not cfg.tracking.skip_finished or identity.data is None:
-        return None
-    done = tracking.finished_run(client, experiment_id, identity.config, identity.data)
-    if done is None:
-        return None
-    then = done.data.tags.get(tracking.GIT_COMMIT, "unknown")
-    if then != commit:
-        if not cfg.tracking.resume_across_commits:
-            log.info(
-                "re-running: run %s is FINISHED but was trained at commit %s, not %s", done.info.run_id, then, commit
-            )
-            return None
-        log.warning(
-            "run %s, FINISHED for this configuration and data, was trained at commit %s; the code is now at %s. "
-            "Skipped all the same; tracking.resume_across_commits=false re-runs such jobs",
-            done.info.run_id,
-            then,
-            commit,
-        )
-    return done
-
-
 def open_store(cfg: DictConfig):
     """The MLflow client and experiment id, with this experiment's dead runs reaped.
 
@@ -250,8 +202,8 @@ def run_job(cfg: DictConfig) -> dict:
     visible = devices.pin_gpu(job.num)  # first: a framework reads CUDA_VISIBLE_DEVICES once, when it starts
     interrupts.install()  # scancel, kill and a closed terminal end the run KILLED, like Ctrl-C
     try:
-        devices.select_backend(str(cfg.trainer.backend), cfg.trainer.deterministic)  # before validate's Keras
         validate(cfg)
+        devices.select_backend(str(cfg.trainer.backend), cfg.trainer.deterministic)
     except (ConfigError, devices.BackendError) as error:
         log.error("refused %s: %s", job.overrides or "the run", error)
         finish("REFUSED", error=str(error))
@@ -270,17 +222,17 @@ def run_job(cfg: DictConfig) -> dict:
         return finish("SKIPPED", run_id=done_id, **{monitor: done.data.metrics.get(monitor)})
 
     tags = {
-        tracking.ROLE: "job",
+        contract.ROLE: contract.JOB,
         **identity.tags,
-        "hydra.overrides": job.overrides,
-        tracking.GIT_COMMIT: commit,
+        contract.OVERRIDES: job.overrides,
+        contract.GIT_COMMIT: commit,
         **tracking.process_tags(),
-        **({DEVICES_TAG: visible} if visible is not None else {}),
+        **({contract.DEVICES: visible} if visible is not None else {}),
     }
     parent = None
     if job.in_sweep:
         parent = sweep.parent_run(client, experiment_id, job.sweep_dir, cfg.tracking.uri)
-        tags[tracking.PARENT] = parent
+        tags[contract.PARENT] = parent
     run_id = tracking.create_run(client, experiment_id, ", ".join(job.task) or cfg.model.name, tags)
     entry["run_id"] = run_id
     log.info("MLflow run %s (%s) in experiment %r", run_id, job.overrides or "defaults", cfg.tracking.experiment)

@@ -1,12 +1,15 @@
 """Test metrics, the validation threshold and logits to probabilities: shared by training
 (`ablation.train`), prediction (`ablation.predict`, `ablation.stretch`) and the analysis
-(`analysis.transfer`), which must score predictions exactly alike. No TensorFlow here."""
+(`analysis.transfer`), which must score predictions exactly alike. No TensorFlow here, and scikit-learn only
+once something is scored: `ablation.contract` derives the logged metric names from `METRICS` at import.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logit
-from sklearn import metrics
+
+# What `binary_metrics` returns, in this order; a run logs each as `test_<name>` (ablation.contract.TEST_METRICS).
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "pr_auc")
 
 
 def sigmoid(logits) -> np.ndarray:
@@ -17,7 +20,9 @@ def sigmoid(logits) -> np.ndarray:
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
-    """Test metrics of a probabilistic classifier at `threshold`; recall is the sensitivity."""
+    """Test metrics of a probabilistic classifier at `threshold` (`METRICS`); recall is the sensitivity."""
+    from sklearn import metrics
+
     predicted = (probabilities >= threshold).astype(int)
     tn, fp, fn, tp = metrics.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     return {
@@ -33,6 +38,8 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
 
 def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """The threshold maximising sensitivity + specificity - 1 on the given (validation) data."""
+    from sklearn import metrics
+
     fpr, tpr, thresholds = metrics.roc_curve(labels, probabilities)
     best = int(np.argmax(tpr - fpr))
     return float(np.clip(thresholds[best], 1e-6, 1 - 1e-6))  # roc_curve's first threshold is inf
@@ -43,6 +50,8 @@ def midpoint_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     median logits, as a probability. Where validation separates the classes almost perfectly, Youden's J sits at
     the edge of one class (wherever its last errors are), so a shift of that class on new data crosses it; the
     midpoint keeps a margin from both."""
+    from scipy.special import logit
+
     logits = logit(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1 - 1e-12))
     labels = np.asarray(labels)
     middle = (np.median(logits[labels == 0]) + np.median(logits[labels == 1])) / 2

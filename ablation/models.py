@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 import keras
 from keras import layers
 
-from ablation.config import Stem
+from ablation import geometry
+from ablation.config import ModelName, Stem
 
 # Keras' ResNets use this epsilon; matching it keeps our ResNet-50 numerically comparable to theirs.
 BN_EPSILON = 1.001e-5
@@ -41,60 +42,23 @@ def _batchnorm(x, name: str, epsilon: float = 1e-3):
     return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=epsilon, name=name)(x)
 
 
-# Stride-2 steps (pooling or strided conv) of each network. A step needs at least 2 pixels to
-# downsample: the cnn's unpadded max-pools fail on fewer, and the ResNets' padded layers would turn a
-# 1-pixel map into a 1-pixel map, downsampling nothing. Hence the minimum side is 2**steps.
-_DOWNSAMPLING_STEPS = {"cnn": 5, "resnet18": 5, "resnet50": 5}
-
-
-# The ResNets' stems (`model.stem`): ImageNet's 7x7 stride-2 convolution and 3x3 stride-2 max-pool, or the small-input
-# stem of the CIFAR and MedMNIST ResNets, one 3x3 stride-1 convolution and no pool. At 64 px the ImageNet stem leaves
-# 2x2 maps in the last stage and the small one 8x8, at about the cost of the ImageNet stem at 256 px.
-STEMS = tuple(Stem)
-SMALL_STEM_SAVES = 2  # of a ResNet's 5 downsampling steps, the ImageNet stem's two: the small stem has neither
-
-
-def min_image_size(name: str, stem: str = "imagenet") -> int:
-    """Smallest image side the network's downsampling accepts (its total stride)."""
-    _check_name(name, stem)
-    return 2 ** (_DOWNSAMPLING_STEPS[name] - (SMALL_STEM_SAVES if stem == Stem.small else 0))
-
-
-def _check_name(name: str, stem: str = "imagenet") -> None:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}")
-    if stem not in STEMS or (stem != "imagenet" and name == "cnn"):
-        allowed = "imagenet (the cnn has no stem to change)" if name == "cnn" else " or ".join(STEMS)
-        raise ValueError(f"model.stem={stem!r} is not allowed for {name}: {allowed}")
-
-
 def build_model(
     name: str,
     input_shape: tuple[int, int, int],
     dropout: float,
     batchnorm: bool,
-    stem: str = "imagenet",
+    stem: str = Stem.imagenet,
     input_norm: str = "fixed",
     width: float = 1.0,
     crop: Sequence[float] = (),
 ) -> keras.Model:
     """The network `name` for images of `input_shape`; refuses unknown names and too-small images."""
-    side, minimum = min(cropped_shape(input_shape, crop)[:2]), min_image_size(name, stem)
-    if side < minimum:
-        cut = f" with model.crop={list(crop)} leaves {side} px," if crop else " is"
-        raise ValueError(
-            f"data.image_size={input_shape[0]}{cut} too small for {name}: its downsampling needs at least {minimum} px"
-        )
-    if name == "cnn":
-        if width != 1:
-            raise ValueError(f"model.width={width} is not allowed for cnn: 1 (the reference notebook's widths)")
+    geometry.check(name, input_shape, stem, width, crop)
+    if name == ModelName.cnn:
         return build_cnn(input_shape, dropout, batchnorm, input_norm, crop)
-    return MODELS[name](input_shape, dropout, batchnorm, stem=stem, input_norm=input_norm, width=width, crop=crop)
-
-
-def backbone(model: keras.Model) -> keras.Model:
-    """The part of `model` from its input up to the `features` map (no pooling, no head)."""
-    return keras.Model(model.input, model.get_layer("features").output, name=f"{model.name}_backbone")
+    return MODELS[ModelName(name)](
+        input_shape, dropout, batchnorm, stem=stem, input_norm=input_norm, width=width, crop=crop
+    )
 
 
 PROBABILITY = "pneumonia_probability"  # the layer a probability model (`with_probability`) ends in
@@ -158,20 +122,6 @@ def bare_network(model: keras.Model) -> keras.Model:
 CROP = "crop"  # the layer that cuts a network's input to the lung field (`model.crop`)
 
 
-def crop_pixels(input_shape: Sequence[int], crop: Sequence[float]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """`model.crop`'s fractions [top, bottom, left, right] as pixels of an image of `input_shape`, as Cropping2D
-    takes them: ((top, bottom), (left, right))."""
-    top, bottom, left, right = crop if crop else (0, 0, 0, 0)
-    height, width = input_shape[:2]
-    return (round(height * top), round(height * bottom)), (round(width * left), round(width * right))
-
-
-def cropped_shape(input_shape: Sequence[int], crop: Sequence[float]) -> tuple[int, ...]:
-    """The shape the network itself sees after `model.crop`."""
-    (top, bottom), (left, right) = crop_pixels(input_shape, crop)
-    return (input_shape[0] - top - bottom, input_shape[1] - left - right, *input_shape[2:])
-
-
 def _inputs(
     input_shape: tuple[int, int, int], input_norm: str = "fixed", crop: Sequence[float] = ()
 ) -> tuple[keras.KerasTensor, ...]:
@@ -181,7 +131,7 @@ def _inputs(
     inputs = keras.Input(shape=input_shape, name="image")
     # Cropping and normalising inside the model, so that a saved model takes the same raw pixels the data module
     # yields, and the augmentation, which runs before the model, works on the whole image.
-    x = layers.Cropping2D(crop_pixels(input_shape, crop), name=CROP)(inputs) if crop else inputs
+    x = layers.Cropping2D(geometry.crop_pixels(input_shape, crop), name=CROP)(inputs) if crop else inputs
     x = layers.Rescaling(1 / 255, name="rescale")(x)
     if input_norm == "per_image":
         x = layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False, epsilon=1e-6, name="per_image")(x)
@@ -283,7 +233,7 @@ def stage(x, block: Callable, filters: int, blocks: int, strides: int, batchnorm
     return x
 
 
-def _resnet_stem(x, batchnorm: bool, stem: str = "imagenet", filters: int = 64):
+def _resnet_stem(x, batchnorm: bool, stem: str = Stem.imagenet, filters: int = 64):
     if stem == "small":
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm, name="stem_conv")(x)
         if batchnorm:
@@ -306,7 +256,7 @@ def _resnet(
     input_shape: tuple[int, int, int],
     dropout: float,
     batchnorm: bool,
-    stem: str = "imagenet",
+    stem: str = Stem.imagenet,
     input_norm: str = "fixed",
     width: float = 1.0,
     crop: Sequence[float] = (),
@@ -337,8 +287,8 @@ def build_resnet50(input_shape: tuple[int, int, int], dropout: float, batchnorm:
     return _resnet("resnet50", bottleneck_block, (3, 4, 6, 3), input_shape, dropout, batchnorm, **options)
 
 
-MODELS: dict[str, Callable[..., keras.Model]] = {
-    "cnn": build_cnn,
-    "resnet18": build_resnet18,
-    "resnet50": build_resnet50,
+MODELS: dict[ModelName, Callable[..., keras.Model]] = {
+    ModelName.cnn: build_cnn,
+    ModelName.resnet18: build_resnet18,
+    ModelName.resnet50: build_resnet50,
 }

@@ -1,7 +1,7 @@
-"""The input feed and training-time augmentation, used by `python -m ablation`: Keras only, any backend.
+"""The whole input feed and training-time augmentation of `python -m ablation`, for either backend.
 
 Pixels arrive decoded and resized (ablation.data's cache), so an epoch only shuffles, batches, mixes (mixup),
-augments and feeds. Under TensorFlow the feed is tf.data (`ablation.backend`), where the augmentation runs on the
+augments and feeds. Under TensorFlow the feed is tf.data (`tf_train_dataset`), where the augmentation runs on the
 CPU ahead of the training step (`trainer.augment_on=data`); under JAX it is `ArrayBatches`, a prefetching
 `keras.utils.PyDataset` over the cached arrays, and the augmentation runs as the model's first layer, on
 the device. The augmentation is written in `keras.ops` and `keras.random`, so both are the same code.
@@ -206,6 +206,67 @@ class ArrayBatches(keras.utils.PyDataset):
             self.epoch += 1
 
 
+# --- tf.data: the feed under TensorFlow ------------------------------------------------------------------------
+
+
+def _as_float(images, labels):
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)
+
+
+def tf_train_dataset(
+    images, labels, batch_size: int, seed: int, augment=None, oversample: bool = False, mixup: float = 0.0
+):
+    """Shuffled (or class-balanced) batches, mixed (`mixup` > 0) and augmented on the CPU ahead of the training
+    step, prefetched.
+
+    Each batch's mixup and augmentation draw from its own stateless seed: Keras' generator keeps its state in a
+    variable, and under op determinism TensorFlow would run a map that touches a variable serially and without prefetch.
+    A `keras.StatelessScope` hands the generator each batch's seed instead, so tf.data runs the map in parallel,
+    with the same batches for the same seed and new ones every epoch.
+    """
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    labels = labels.reshape(-1, 1)
+    if oversample:
+        per_class = [
+            tf.data.Dataset.from_tensor_slices((images[mask], labels[mask]))
+            .shuffle(int(mask.sum()), seed=seed, reshuffle_each_iteration=True)
+            .repeat()
+            for mask in (labels[:, 0] == 0, labels[:, 0] == 1)
+        ]
+        ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed).take(len(images))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(_as_float, num_parallel_calls=autotune)
+    if augment is not None or mixup:
+        generator = keras.random.SeedGenerator(seed)
+
+        def augmented(batch, batch_seed):
+            images, labels = batch
+            with keras.StatelessScope(state_mapping=[(generator.state, tf.cast(batch_seed, generator.state.dtype))]):
+                if mixup:
+                    draws = keras.random.beta((tf.shape(images)[0],), mixup, mixup, seed=generator)
+                    images, labels = mix(images, labels, draws)
+                if augment is not None:
+                    images = augment(images, generator)
+                return images, labels
+
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip(ds, seeds).map(augmented, num_parallel_calls=autotune)
+    return ds.prefetch(autotune)
+
+
+def tf_eval_dataset(images, labels, batch_size: int):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.reshape(-1, 1)))
+    return ds.batch(batch_size).map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def train_batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -219,7 +280,7 @@ def train_batches(
     augmented in the feed when `augment` is given (TensorFlow's tf.data only: elsewhere the model's first layer
     augments). One epoch is `len(images)` examples either way, so epochs stay comparable across weightings."""
     if backend.TENSORFLOW:
-        return backend.tf_train_dataset(images, labels, batch_size, seed, augment, oversample, mixup)
+        return tf_train_dataset(images, labels, batch_size, seed, augment, oversample, mixup)
     if augment is not None:
         raise ValueError(f"augmentation in the input feed needs tf.data; under {backend.NAME} the model augments")
     return ArrayBatches(images, labels, batch_size, seed, oversample, mixup)
@@ -228,5 +289,5 @@ def train_batches(
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
     """Batches in file order, no augmentation: validation and test."""
     if backend.TENSORFLOW:
-        return backend.tf_eval_dataset(images, labels, batch_size)
+        return tf_eval_dataset(images, labels, batch_size)
     return ArrayBatches(images, labels, batch_size)

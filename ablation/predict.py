@@ -39,18 +39,25 @@ from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ablation.config import lower_is_better  # noqa: E402
-from ablation.data import CLASSES, decode_image, escaped, not_utf8  # noqa: E402
+from ablation.contract import (  # noqa: E402
+    CLASSES,
+    DEFAULT_THRESHOLD,
+    JOB,
+    MODEL_ARTIFACT,
+    ROLE,
+    default_tracking_uri,
+    missing_sqlite_store,
+    redact,
+)
+from ablation.data import decode_image, escaped, not_utf8  # noqa: E402
 from ablation.metrics import sigmoid  # noqa: E402
-from ablation.store import default_tracking_uri, missing_sqlite_store, redact  # noqa: E402
-from ablation.tracking import ROLE  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-MODEL_ARTIFACT = "model/data/model.keras"  # the Keras file of the run's MLflow model (probabilities)
-LEGACY_MODEL_ARTIFACT = "model/model.keras"  # runs logged before the MLflow model: the bare network (logits)
+KERAS_FILE = f"{MODEL_ARTIFACT}/data/model.keras"  # the Keras file of the run's MLflow model (probabilities)
+LEGACY_KERAS_FILE = f"{MODEL_ARTIFACT}/model.keras"  # runs logged before the MLflow model: the bare network (logits)
 DEFAULT_BEST = "kept_val_auc"  # the kept epoch's validation ROC AUC: "the best" is chosen on validation
 NOT_UTF8 = "its name is not valid UTF-8, which the CSV cannot hold: rename it (e.g. convmv -f latin1 -t utf8)"
 CONFIG_ARTIFACT = "config.yaml"
-DEFAULT_THRESHOLD = 0.5
 CHUNK = 256  # images decoded and predicted at a time: memory stays flat on big folders
 EXPLAIN_SIZE = 256  # minimum side of a --explain overlay, so a 32 px model's map is still visible
 
@@ -73,7 +80,7 @@ def best_run(client: MlflowClient, experiment: str, metric: str) -> Run:
     while True:
         page = client.search_runs(
             [exp.experiment_id],
-            f"tags.`{ROLE}` = 'job' and attributes.status = 'FINISHED'",
+            f"tags.`{ROLE}` = '{JOB}' and attributes.status = 'FINISHED'",
             max_results=1000,
             page_token=token,
         )
@@ -133,7 +140,7 @@ def load_run(client: MlflowClient, run_id: str) -> Iterator[LoadedRun]:
         raise PredictError(f"no run {run_id}: {error.message}") from error
     with tempfile.TemporaryDirectory(prefix="ablation-predict-") as tmp:
         _, config = _download(client, run_id, [CONFIG_ARTIFACT], tmp)
-        artifact, model_file = _download(client, run_id, [MODEL_ARTIFACT, LEGACY_MODEL_ARTIFACT], tmp)
+        artifact, model_file = _download(client, run_id, [KERAS_FILE, LEGACY_KERAS_FILE], tmp)
         cfg = OmegaConf.load(config)
         size = OmegaConf.select(cfg, "data.image_size")
         if not isinstance(size, int) or size <= 0:

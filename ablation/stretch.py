@@ -2,7 +2,7 @@
 
     python -m ablation.stretch --run-id ID [--factors 0.85,1,1.15] [--out stretch.csv] [--tracking-uri URI]
 
-(also `python -m analysis stretch ...`, which forwards here). Every X-ray reaches the network squashed to
+Every X-ray reaches the network squashed to
 a square from whatever width/height ratio it had, so the chest's apparent width can carry a cue that
 holds on one split and not on another (docs/results.md). This scores a logged run's model on its own
 validation and test images (the files its `val_predictions.csv` and `test_predictions.csv` list), each
@@ -27,9 +27,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from ablation.contract import default_tracking_uri, redact
 from ablation.metrics import binary_metrics
 from ablation.predict import PredictError, check_store, decode_many, load_run, probabilities, to_model_input
-from ablation.store import default_tracking_uri, redact
 
 SPLITS = ("val", "test")
 PROG = "python -m ablation.stretch"

@@ -1,6 +1,7 @@
 """What a sweep of `python -m ablation -m ...` shares between its jobs: the parent MLflow run, the jobs file,
 the design record, and what happens when it ends (the `SweepSummary` Hydra callback, `conf/hydra/default.yaml`):
-the table of its jobs and the report of its runs, logged to the parent run.
+the table of its jobs, the registered model, the parent run ended, and the exit status. The report of its runs is
+the analysis' own callback (`analysis.callback.SweepReport`), listed beside it.
 
 Jobs may run in other processes or on other hosts (joblib, Ray, SLURM): they meet in the sweep
 directory, where the first job that trains records the parent run's id and every job appends its line.
@@ -18,16 +19,11 @@ from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ablation import devices, tracking  # noqa: F401  (devices: registers the Ray launcher's GPU resolver here)
-from ablation.store import redact
+from ablation import contract, devices, tracking  # noqa: F401  (devices: registers the Ray launcher's GPU resolver here)
+from ablation.contract import DESIGN_ARTIFACT, DESIGN_FILE, DRIVER_FILE, JOBS_FILE, PARENT_FILE, redact
 
 log = logging.getLogger(__name__)
 
-PARENT_FILE = "mlflow_parent.json"  # the parent run every job attaches to
-DRIVER_FILE = "sweep_driver.json"  # host and pid of the process that launched the sweep
-JOBS_FILE = "jobs.jsonl"  # one line per finished, failed, refused, killed or skipped job
-DESIGN_FILE = "design.json"  # the study's cells and their jobs (hydra_plugins/study_sweeper), on the parent run
-DESIGN_ARTIFACT = "design"  # its artifact folder on the parent run
 NOT_DONE = ("FAILED", "REFUSED", "KILLED")
 
 
@@ -52,7 +48,7 @@ def parent_run(client, experiment_id: str, sweep_dir: Path, uri: str) -> str:
             client,
             experiment_id,
             f"sweep {sweep_dir.parent.name} {sweep_dir.name}",
-            {tracking.ROLE: "sweep", "ablation.sweep_dir": str(sweep_dir), **driver_tags(sweep_dir)},
+            {contract.ROLE: contract.SWEEP, contract.SWEEP_DIR: str(sweep_dir), **driver_tags(sweep_dir)},
         )
         record.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
         return run_id
@@ -117,27 +113,8 @@ def read_jobs(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(jobs).drop_duplicates("job", keep="last").sort_values("job")
 
 
-def _dry_run(config: DictConfig) -> bool:
+def dry_run(config: DictConfig) -> bool:
     return bool(OmegaConf.select(config, "hydra.sweeper.dry_run", default=False))
-
-
-def report(config: DictConfig, parent: dict) -> None:
-    """Build the report of the sweep's runs and log it to the parent run; a failure is printed, never raised."""
-    try:
-        from analysis.report import build_report, default_out  # matplotlib and scipy: only when a sweep ends
-        from analysis.runs import load_study
-
-        study = load_study(parent["tracking_uri"], sweep=parent["run_id"])
-        out = default_out(study, Path(config.paths.runs))
-        written = build_report(study, out)
-    except Exception as error:
-        log.exception("report not built")
-        print(
-            f"\nReport not built ({redact(f'{type(error).__name__}: {error}')}); the runs are kept. Retry with: "
-            f"python -m analysis report --sweep {parent['run_id']}"
-        )
-        return
-    print(f"\nReport: {out / 'report.html'} (logged to run {parent['run_id']} under report/)\n{written.headline}")
 
 
 def register(config: DictConfig, parent: dict, table: pd.DataFrame) -> None:
@@ -159,10 +136,12 @@ def register(config: DictConfig, parent: dict, table: pd.DataFrame) -> None:
 
 
 class SweepSummary(Callback):
-    """At the end of a sweep: a table of its jobs, the report, the parent run ended, exit 1 if any job failed."""
+    """At the end of a sweep: a table of its jobs, the best run registered, the parent run ended, exit 1 if any job
+    failed. Hydra calls the end of a sweep's callbacks in reverse order: listed first, this one runs last, after the
+    report, so that its exit status is the sweep's."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if _dry_run(config):
+        if dry_run(config):
             return  # a dry run writes nothing
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -171,14 +150,12 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         table = read_jobs(sweep_dir)
-        if table.empty or _dry_run(config):
+        if table.empty or dry_run(config):
             return
         columns = [c for c in ("job", "status", "test_auc", "run_id", "overrides") if c in table]
         print(f"\nSweep {sweep_dir}:\n" + table[columns].to_string(index=False, na_rep="-"))
         failed = table[table.status.isin(NOT_DONE)]
         parent = parent_of(sweep_dir)
-        if parent and config.tracking.report:
-            report(config, parent)
         if parent and config.tracking.register:
             register(config, parent, table)
         if parent:

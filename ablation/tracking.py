@@ -27,18 +27,9 @@ from omegaconf import DictConfig
 
 from ablation import interrupts
 from ablation.config import flatten, lower_is_better
-from ablation.store import redact
+from ablation.contract import CONFIG_HASH, DATA_DIGEST, ERROR, HEARTBEAT, HOST, MODEL_ARTIFACT, PID, redact
 
 log = logging.getLogger(__name__)
-
-ROLE = "ablation.role"  # "sweep" on a parent run, "job" on a child run
-CONFIG_HASH = "ablation.config_hash"
-DATA_DIGEST = "ablation.data_digest"  # with the config hash, what resume matches (ablation.data.data_digest)
-GIT_COMMIT = "git_commit"
-HOST, PID = "ablation.host", "ablation.pid"
-HEARTBEAT = "ablation.heartbeat"  # unix seconds, refreshed while a run is alive (`heartbeat`)
-PARENT = "mlflow.parentRunId"
-MODEL = "model"  # a run's MLflow model: its artifact folder (`ablation.artifacts.save_model`)
 
 # A tracking server that went away fails the job after about 30 s of retries (after 0, 2, 4, 8, 16 s; 30 s to
 # answer each), which rides out a server restart, rather than MLflow's minutes (7 retries, backoff factor 2,
@@ -137,7 +128,7 @@ def reap_stale_runs(mlflow_client: mlflow.MlflowClient, experiment_id: str, time
         reason = _stale_because(run, timeout_s, now)
         if reason is None:
             continue
-        mlflow_client.set_tag(run.info.run_id, "error", reason)
+        mlflow_client.set_tag(run.info.run_id, ERROR, reason)
         mlflow_client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         reaped.append(run.info.run_id)
         log.warning("marked stale run %s KILLED: %s", run.info.run_id, reason)
@@ -269,7 +260,7 @@ def register_best(mlflow_client: mlflow.MlflowClient, name: str, runs: dict[str,
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    source = f"{mlflow_client.get_run(best).info.artifact_uri}/{MODEL}"
+    source = f"{mlflow_client.get_run(best).info.artifact_uri}/{MODEL_ARTIFACT}"
     version = mlflow_client.create_model_version(name, source, run_id=best, tags={metric: str(runs[best])})
     mlflow_client.set_registered_model_alias(name, CHAMPION, version.version)
     return version.version
@@ -280,7 +271,7 @@ def end_run(mlflow_client: mlflow.MlflowClient, run_id: str, status: str, error:
     sees."""
     with contextlib.suppress(Exception):
         if error:
-            mlflow_client.set_tag(run_id, "error", error[:5000])
+            mlflow_client.set_tag(run_id, ERROR, error[:5000])
     try:
         mlflow_client.set_terminated(run_id, status)
     except Exception as failure:

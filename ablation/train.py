@@ -1,10 +1,10 @@
 """The training loop: `train(cfg)` alone fits and evaluates (compiled by `compile_model`). Used by `python -m ablation`.
 
-The kept model is the epoch with the best `trainer.monitor` on validation (default: validation ROC
-AUC, which ignores the threshold and the class balance); the threshold is `trainer.threshold` or,
-with `trainer.tune_threshold`, chosen on validation by `trainer.threshold_rule` (Youden's J, or midway between
-the classes). The test split is evaluated once, at the end; with `trainer.tta_widths`, validation and test are
-both scored with test-time stretches.
+`train` reads the config once, into a `Recipe` of plain values, and hands those down. The kept model is the
+epoch with the best `trainer.monitor` on validation (default: validation ROC AUC, which ignores the threshold and
+the class balance); the threshold is `trainer.threshold`, a probability or a rule that picks it on validation
+(Youden's J, midway between the classes, or the class prior). The test split is evaluated once, at the end; with
+`trainer.tta_widths`, validation and test are both scored with test-time stretches.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from ablation import backend, interrupts, pipeline
-from ablation.config import MONITORS, AugmentOn, OptimizerName, Schedule
+from ablation.config import MONITORS, AugmentOn, ClassWeighting, OptimizerName, Schedule
 from ablation.data import ChestXray, load_data
 from ablation.metrics import THRESHOLD_RULES, binary_metrics, sigmoid
 from ablation.models import build_model, with_tta
+from ablation.validate import threshold_rule
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +49,94 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def build_optimizer(cfg: DictConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    lr = cfg.optimizer.lr
-    if cfg.optimizer.schedule == Schedule.cosine:
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
+@dataclass(frozen=True)
+class Recipe:
+    """What one run trains, as plain values read once from its config (`Recipe.of(cfg)`)."""
+
+    seed: int
+    epochs: int
+    batch_size: int
+    network: dict  # `ablation.models.build_model`'s arguments, less the input shape
+    weighting: ClassWeighting
+    augmentation: pipeline.Augmentation | None
+    mixup: float
+    on_device: bool  # augment as the model's first layer (not in the tf.data feed)
+    optimizer: OptimizerName
+    lr: float
+    momentum: float | None
+    schedule: Schedule
+    weight_decay: float
+    ema: float
+    label_smoothing: float
+    jit_compile: bool
+    steps_per_execution: int
+    monitor: str
+    patience: int | None
+    threshold: float | str  # a probability, or the name of the rule that picks it on validation
+    tta_widths: tuple[float, ...]
+    verbose: int
+    data: dict  # `ablation.data.load_data`'s arguments, less the seed
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> Recipe:
+        trainer, opt = cfg.trainer, cfg.optimizer
+        rule = threshold_rule(trainer.threshold)
+        model = cfg.model
+        return cls(
+            seed=cfg.seed,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            network={
+                "name": str(model.name),
+                "dropout": cfg.dropout,
+                "batchnorm": cfg.batchnorm,
+                "stem": str(model.stem),
+                "input_norm": str(model.input_norm),
+                "width": model.width,
+                "crop": list(model.crop),
+            },
+            weighting=ClassWeighting(cfg.class_weighting.name),
+            augmentation=pipeline.build_augmentation(cfg.augmentation),
+            mixup=cfg.augmentation.mixup,
+            # Only TensorFlow has an input pipeline to augment in (tf.data); elsewhere the model's first layer augments.
+            on_device=trainer.augment_on == AugmentOn.model or not backend.TENSORFLOW,
+            optimizer=OptimizerName(opt.name),
+            lr=opt.lr,
+            momentum=opt.momentum,
+            schedule=Schedule(opt.schedule),
+            weight_decay=opt.weight_decay,
+            ema=opt.ema,
+            label_smoothing=trainer.label_smoothing,
+            jit_compile=trainer.jit_compile,
+            steps_per_execution=trainer.steps_per_execution,
+            monitor=str(trainer.monitor),
+            patience=trainer.patience,
+            threshold=str(rule) if rule else float(trainer.threshold),
+            tta_widths=tuple(trainer.tta_widths),
+            verbose=trainer.verbose,
+            data={
+                "root": cfg.data.root,
+                "image_size": cfg.data.image_size,
+                "val_fraction": cfg.data.val_fraction,
+                "cache_dir": cfg.data.cache_dir,
+                "max_train_per_class": cfg.data.max_train_per_class,
+            },
+        )
+
+
+def build_optimizer(recipe: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = recipe.lr
+    if recipe.schedule == Schedule.cosine:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=recipe.epochs * steps_per_epoch)
     # Keras decouples weight decay from the gradient step (AdamW; SGD likewise); None leaves it off.
-    ema = cfg.optimizer.ema
     common = {
         "learning_rate": lr,
-        "weight_decay": cfg.optimizer.weight_decay or None,
-        "use_ema": ema > 0,
-        "ema_momentum": ema or 0.99,  # Keras' default, unused when the average is off
+        "weight_decay": recipe.weight_decay or None,
+        "use_ema": recipe.ema > 0,
+        "ema_momentum": recipe.ema or 0.99,  # Keras' default, unused when the average is off
     }
-    if cfg.optimizer.name == OptimizerName.sgd:
-        return keras.optimizers.SGD(momentum=cfg.optimizer.momentum, nesterov=True, **common)
+    if recipe.optimizer == OptimizerName.sgd:
+        return keras.optimizers.SGD(momentum=recipe.momentum, nesterov=True, **common)
     return keras.optimizers.Adam(**common)
 
 
@@ -75,15 +150,15 @@ def training_metrics() -> list[keras.metrics.Metric]:
     ]
 
 
-def compile_model(model: keras.Model, cfg: DictConfig, train_images: int) -> None:
+def compile_model(model: keras.Model, recipe: Recipe, train_images: int) -> None:
     """Compile exactly as every run does (the benchmark compiles through this too)."""
     model.compile(
-        optimizer=build_optimizer(cfg, math.ceil(train_images / cfg.batch_size)),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=cfg.trainer.label_smoothing),
+        optimizer=build_optimizer(recipe, math.ceil(train_images / recipe.batch_size)),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
         metrics=training_metrics(),
         # JAX always compiles the step with XLA: without jit it runs op by op, many times slower.
-        jit_compile=cfg.trainer.jit_compile or not backend.TENSORFLOW,
-        steps_per_execution=cfg.trainer.steps_per_execution,
+        jit_compile=recipe.jit_compile or not backend.TENSORFLOW,
+        steps_per_execution=recipe.steps_per_execution,
     )
 
 
@@ -123,27 +198,27 @@ def _with_device_augmentation(model: keras.Model, augment: pipeline.Augmentation
 
 
 def _fit(
-    cfg: DictConfig, trained: keras.Model, data: ChestXray, datasets, callbacks
+    recipe: Recipe, trained: keras.Model, data: ChestXray, datasets, callbacks
 ) -> tuple[dict[str, list[float]], keras.callbacks.EarlyStopping]:
     train_ds, val_ds = datasets
     best = keras.callbacks.EarlyStopping(
-        monitor=str(cfg.trainer.monitor),
-        mode=MONITORS[cfg.trainer.monitor],
-        patience=cfg.trainer.patience or cfg.epochs,
+        monitor=recipe.monitor,
+        mode=MONITORS[recipe.monitor],
+        patience=recipe.patience or recipe.epochs,
         restore_best_weights=True,  # also at the end of a full run: the kept model is the best epoch
     )
     # With a weight average, validation and the kept-epoch snapshot both see the averaged weights:
     # the swap comes before EarlyStopping in the list, so its snapshot at each epoch's end is the average.
-    average = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.optimizer.ema else []
+    average = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []
     try:
         fit = trained.fit(
             train_ds,
             validation_data=val_ds,
-            epochs=cfg.epochs,
-            class_weight=data.class_weights(cfg.class_weighting.name),
+            epochs=recipe.epochs,
+            class_weight=data.class_weights(recipe.weighting),
             shuffle=False,  # the feed shuffles
             callbacks=[keras.callbacks.TerminateOnNaN(), RaiseSwallowedInterrupt(), *average, best, *callbacks],
-            verbose=cfg.trainer.verbose,
+            verbose=recipe.verbose,
         )
     except Exception as error:
         raise (backend.clearer_error(error) or error) from error
@@ -151,75 +226,50 @@ def _fit(
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
         raise NonFiniteLossError(
-            f"non-finite training loss at epoch {len(losses)} (optimizer.lr={cfg.optimizer.lr}); training stopped"
+            f"non-finite training loss at epoch {len(losses)} (optimizer.lr={recipe.lr}); training stopped"
         )
     return history, best
-
-
-def load(cfg: DictConfig) -> ChestXray:
-    return load_data(
-        cfg.data.root,
-        cfg.data.image_size,
-        cfg.data.val_fraction,
-        cfg.seed,
-        cfg.data.cache_dir,
-        cfg.data.max_train_per_class,
-    )
-
-
-def _train_batches(cfg: DictConfig, data: ChestXray, augment: pipeline.Augmentation | None):
-    return pipeline.train_batches(
-        data.train.images,
-        data.train.labels,
-        cfg.batch_size,
-        cfg.seed,
-        augment=augment,
-        oversample=cfg.class_weighting.name == "oversample",
-        mixup=cfg.augmentation.mixup,
-    )
 
 
 def train(
     cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (), data: ChestXray | None = None
 ) -> TrainResult:
     """Train one configuration on the real data and evaluate it once on the test split."""
-    backend.set_up(cfg)
+    backend.set_up(cfg.seed, str(cfg.trainer.precision), cfg.trainer.deterministic)
+    recipe = Recipe.of(cfg)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    data = data or load(cfg)
+    data = data or load_data(seed=recipe.seed, **recipe.data)
     timings["data_seconds"] = time.perf_counter() - start
 
-    augment = pipeline.build_augmentation(cfg.augmentation)
-    # Only TensorFlow has an input pipeline to augment in (tf.data); elsewhere the model's first layer augments.
-    on_device = cfg.trainer.augment_on == AugmentOn.model or not backend.TENSORFLOW
-    train_ds = _train_batches(cfg, data, None if on_device else augment)
-    val_ds = pipeline.eval_batches(data.val.images, data.val.labels, cfg.batch_size)
-    test_ds = pipeline.eval_batches(data.test.images, data.test.labels, cfg.batch_size)
-    model = build_model(
-        cfg.model.name,
-        data.train.images.shape[1:],
-        cfg.dropout,
-        cfg.batchnorm,
-        stem=str(cfg.model.stem),
-        input_norm=str(cfg.model.input_norm),
-        width=cfg.model.width,
-        crop=list(cfg.model.crop),
+    augment = recipe.augmentation
+    train_ds = pipeline.train_batches(
+        data.train.images,
+        data.train.labels,
+        recipe.batch_size,
+        recipe.seed,
+        augment=None if recipe.on_device else augment,
+        oversample=recipe.weighting == ClassWeighting.oversample,
+        mixup=recipe.mixup,
     )
-    trained = _with_device_augmentation(model, augment, cfg.seed) if on_device and augment else model
-    compile_model(trained, cfg, len(data.train.labels))
+    val_ds = pipeline.eval_batches(data.val.images, data.val.labels, recipe.batch_size)
+    test_ds = pipeline.eval_batches(data.test.images, data.test.labels, recipe.batch_size)
+    model = build_model(input_shape=data.train.images.shape[1:], **recipe.network)
+    trained = _with_device_augmentation(model, augment, recipe.seed) if recipe.on_device and augment else model
+    compile_model(trained, recipe, len(data.train.labels))
 
     start = time.perf_counter()
-    history, best = _fit(cfg, trained, data, (train_ds, val_ds), callbacks)
+    history, best = _fit(recipe, trained, data, (train_ds, val_ds), callbacks)
     timings["fit_seconds"] = time.perf_counter() - start
     kept = best.best_epoch  # 0-based
 
     start = time.perf_counter()
     # The threshold is chosen on the same scores the test split gets: with test-time stretches, those too.
-    scorer = with_tta(model, list(cfg.trainer.tta_widths)) if cfg.trainer.tta_widths else model
-    threshold = cfg.trainer.threshold
+    scorer = with_tta(model, list(recipe.tta_widths)) if recipe.tta_widths else model
     val_probabilities = predict_probabilities(scorer, val_ds)
-    if cfg.trainer.tune_threshold:
-        threshold = THRESHOLD_RULES[cfg.trainer.threshold_rule](data.val.labels, val_probabilities)
+    threshold = recipe.threshold
+    if isinstance(threshold, str):
+        threshold = THRESHOLD_RULES[threshold](data.val.labels, val_probabilities)
     probabilities = predict_probabilities(scorer, test_ds)
     timings["eval_seconds"] = time.perf_counter() - start
     keras.mixed_precision.set_global_policy("float32")  # the next job in this process starts clean
@@ -234,7 +284,7 @@ def train(
         test_metrics=binary_metrics(data.test.labels, probabilities, threshold),
         test_probabilities=probabilities,
         val_probabilities=val_probabilities,
-        class_weights=data.class_weights(cfg.class_weighting.name),
+        class_weights=data.class_weights(recipe.weighting),
         kept_metrics={k: v[kept] for k, v in history.items() if k.startswith("val_")},
         timings=timings,
     )

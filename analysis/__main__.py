@@ -1,7 +1,5 @@
 """Command line: `python -m analysis report [--experiment NAME] [--tracking-uri URI] [--out DIR]
-[--baseline K=V,...] [--sweep RUN_ID | --all-runs] [--replicates N] [--halfwidth H]` and
-`python -m analysis stretch --run-id ID [--factors F,...] [--tracking-uri URI] [--out CSV]`
-(= `python -m ablation.stretch`)."""
+[--baseline K=V,...] [--sweep RUN_ID | --all-runs] [--replicates N] [--halfwidth H]`."""
 
 from __future__ import annotations
 
@@ -10,18 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
-from ablation.store import redact
+from ablation.contract import redact
 from analysis.runs import AnalysisError, load_study, tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["stretch"]:
-        # The only place analysis runs ablation code (beyond constants and metric definitions): a CLI forwarder.
-        from ablation.stretch import main as stretch
-
-        return stretch(argv[1:], prog="python -m analysis stretch")
-
     parser = argparse.ArgumentParser(prog="ablation-report", description=__doc__.split(":")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser(
@@ -45,11 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     which = report.add_mutually_exclusive_group()
     which.add_argument("--sweep", metavar="RUN_ID", help="sweep parent run to analyse (default: the latest)")
     which.add_argument("--all-runs", action="store_true", help="every job run of the experiment, not one sweep")
-    commands.add_parser(  # listed for --help; its arguments are parsed by `python -m ablation.stretch`
-        "stretch",
-        add_help=False,
-        help="a run's validation and test metrics with every image stretched in width (aspect probe)",
-    )
     args = parser.parse_args(argv)
     if args.replicates < 100 or not 0 < args.halfwidth < 1:
         parser.error(f"--replicates {args.replicates} (an int >= 100) or --halfwidth {args.halfwidth} (in (0, 1))")

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.runs import TEST_METRICS, AnalysisError
+from ablation.contract import DEFAULT_THRESHOLD, TEST_METRICS
+from ablation.metrics import METRICS
+from analysis.runs import AnalysisError
 
 REPLICATES = 2000
 SEED = 0  # the same report twice
@@ -62,7 +64,7 @@ def align(predictions: dict[str, pd.DataFrame], thresholds: dict[str, float]) ->
         files=files,
         labels=labels,
         probabilities=np.stack([frames[r].loc[files, "probability"].to_numpy(float) for r in run_ids]),
-        thresholds=np.array([thresholds.get(r, 0.5) for r in run_ids], dtype=float),
+        thresholds=np.array([thresholds.get(r, DEFAULT_THRESHOLD) for r in run_ids], dtype=float),
     )
 
 
@@ -111,15 +113,10 @@ def weighted_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: f
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
         specificity = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
     auc, average_precision = _ranking_metrics(labels, probabilities, counts)
-    return {
-        "test_accuracy": (tp + tn) / (tp + tn + fp + fn),
-        "test_precision": precision,
-        "test_recall": recall,
-        "test_specificity": specificity,
-        "test_f1": f1,
-        "test_auc": auc,
-        "test_pr_auc": average_precision,
-    }
+    accuracy = (tp + tn) / (tp + tn + fp + fn)
+    scores = {"accuracy": accuracy, "precision": precision, "recall": recall, "specificity": specificity}
+    scores |= {"f1": f1, "auc": auc, "pr_auc": average_precision}
+    return {f"test_{name}": scores[name] for name in METRICS}
 
 
 class Bootstrap:

@@ -17,18 +17,9 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 
+from ablation.contract import TEST_METRICS
 from ablation.metrics import binary_metrics
 from analysis.bootstrap import LEVEL, ScoredRuns
-
-METRIC_NAMES = {  # ablation.metrics.binary_metrics key -> logged test metric
-    "accuracy": "test_accuracy",
-    "precision": "test_precision",
-    "recall": "test_recall",
-    "specificity": "test_specificity",
-    "f1": "test_f1",
-    "auc": "test_auc",
-    "pr_auc": "test_pr_auc",
-}
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
@@ -108,9 +99,9 @@ def ensemble_table(
         scored = binary_metrics(predictions.labels, probabilities, threshold)
         _, low, high = delong_interval(predictions.labels, probabilities)
         row = {**dict(zip(factors, key, strict=True)), "n": len(run_ids), "threshold": threshold}
-        row.update({METRIC_NAMES[k]: float(v) for k, v in scored.items()})
+        row.update({f"test_{k}": float(v) for k, v in scored.items()})
         row.update(test_auc_low=low, test_auc_high=high)
-        row.update({f"{m}_runs_mean": float(logged.loc[run_ids, m].mean()) for m in METRIC_NAMES.values()})
+        row.update({f"{m}_runs_mean": float(logged.loc[run_ids, m].mean()) for m in TEST_METRICS})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
-from ablation.data import CLASSES
+from ablation.contract import CLASSES
 from analysis.stats import config_keys, label, ordered_configs
 
 matplotlib.use("Agg")  # headless: CI and training machines have no display

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablation.contract import DEFAULT_THRESHOLD, REPORT_ARTIFACT
 from analysis import figures, render
 from analysis.bootstrap import REPLICATES, align
 from analysis.runs import Study
@@ -29,8 +30,9 @@ from analysis.stats import (
     run_stability,
     stability,
 )
+from analysis.tables import Fetched, Tables
 from analysis.transfer import transfer_runs
-from analysis.verdict import HALFWIDTH, Verdict, design_effects, verdict
+from analysis.verdict import HALFWIDTH, design_effects, verdict
 
 
 def default_out(study: Study, runs: Path | None = None) -> Path:
@@ -80,67 +82,12 @@ def _best_per_network(
                 "title": f"{network} ({rest}, seed {seed})",
                 "run_id": run["run_id"],
                 "test_auc": run["test_auc"],
-                "threshold": 0.5 if math.isnan(run["threshold"]) else float(run["threshold"]),
+                "threshold": DEFAULT_THRESHOLD if math.isnan(run["threshold"]) else float(run["threshold"]),
                 "predictions": predictions.get(run["run_id"], {}).get("test"),
                 "gradcam": gradcam,
             }
         )
     return best
-
-
-@dataclass
-class Tables:
-    """What the report computes from the runs: the four CSV tables and what they are computed from."""
-
-    finished: pd.DataFrame  # finished job runs, index 0..n-1
-    failed: pd.DataFrame  # failed and killed job runs
-    factors: list[str]
-    aliases: dict[str, list[str]]  # factor -> the params that split the runs like it
-    baseline: tuple
-    history: pd.DataFrame  # per-epoch curves of the finished runs (`Study.histories`)
-    ablation: pd.DataFrame  # t-intervals over seeds and bootstrap intervals over seeds and test images
-    effects: pd.DataFrame
-    main: pd.DataFrame
-    stability: pd.DataFrame
-    verdict: Verdict  # ensembles, planning, interactions, ANOVA
-    design: str = "grid"  # the sweep's design (grid, loco, one_at_a_time)
-    designed: pd.DataFrame | None = None  # loco, one_at_a_time: each cell versus its reference
-
-    def csvs(self) -> dict[str, pd.DataFrame]:
-        csvs = {
-            "ablation_table.csv": self.ablation,
-            "effects_table.csv": self.effects,
-            "main_effects.csv": self.main,
-            "stability.csv": self.stability,
-            "ensemble_table.csv": self.verdict.ensembles,
-            "ensemble_effects.csv": self.verdict.ensemble_effects,
-            "planning.csv": self.verdict.planning,
-        }
-        if self.designed is not None:
-            csvs["design_effects.csv"] = self.designed
-        if self.verdict.interactions is not None:
-            csvs["interactions.csv"] = self.verdict.interactions
-        if self.verdict.anova is not None:
-            csvs["anova.csv"] = self.verdict.anova
-        return csvs
-
-
-@dataclass
-class Fetched:
-    """What the report takes from the runs' artifacts."""
-
-    best: list[dict]  # per network, from `_best_per_network`; "gradcam" = the copy in the output folder
-    transfer: pd.DataFrame  # per run, validation versus test (`transfer_runs`); empty when none logged both
-    top: str  # the finished run with the best test AUC
-    record: dict | None  # its data_record.json
-
-    @property
-    def predicted(self) -> list[dict]:
-        return [b for b in self.best if b["predictions"] is not None]
-
-    @property
-    def gradcams(self) -> list[Path]:
-        return [b["gradcam"] for b in self.best if b["gradcam"]]
 
 
 def fetch_predictions(study: Study, finished: pd.DataFrame, tmp: Path) -> dict[str, dict[str, pd.DataFrame]]:
@@ -163,7 +110,7 @@ def compute_tables(
         given = dict(zip(factors, reference, strict=True))
     baseline = choose_baseline(finished, factors, given)
     history = study.histories(finished["run_id"])
-    thresholds = dict(zip(finished["run_id"], finished["threshold"].fillna(0.5), strict=True))
+    thresholds = dict(zip(finished["run_id"], finished["threshold"].fillna(DEFAULT_THRESHOLD), strict=True))
     test = align({r: p["test"] for r, p in predictions.items() if "test" in p}, thresholds)
     t_tables = {
         "ablation": ablation_table(finished, factors),
@@ -234,7 +181,7 @@ def log_to_parent(study: Study, files: list[Path]) -> None:
     """Upload the report's files to the sweep parent run, under `report/`; nothing without a parent."""
     if study.parent_id:
         for path in files:
-            study.client.log_artifact(study.parent_id, str(path), "report")
+            study.client.log_artifact(study.parent_id, str(path), REPORT_ARTIFACT)
 
 
 @dataclass

@@ -17,22 +17,21 @@ from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 
-from ablation.store import default_tracking_uri, missing_sqlite_store
-from ablation.sweep import DESIGN_ARTIFACT, DESIGN_FILE
-from ablation.tracking import ROLE
-
-TEST_METRICS = (
-    "test_accuracy",
-    "test_precision",
-    "test_recall",
-    "test_specificity",
-    "test_f1",
-    "test_auc",
-    "test_pr_auc",
+from ablation.contract import (
+    CURVE_METRICS,
+    DATA_RECORD,
+    DESIGN_ARTIFACT,
+    DESIGN_FILE,
+    ERROR,
+    JOB,
+    ONCE_METRICS,
+    PARENT,
+    ROLE,
+    SWEEP,
+    TEST_METRICS,
+    default_tracking_uri,
+    missing_sqlite_store,
 )
-ONCE_METRICS = ("num_params", "best_epoch", "threshold", "fit_seconds")
-CURVE_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "val_auc")
-META = ("run_id", "run_name", "status", "error", "start_time")
 
 
 class AnalysisError(RuntimeError):
@@ -45,7 +44,7 @@ class Study:
     tracking_uri: str
     experiment: str
     parent_id: str | None  # None with --all-runs
-    runs: pd.DataFrame  # META columns, then metrics, then params (all job runs, any status)
+    runs: pd.DataFrame  # run id, name, status, error, start time; metrics; params (all job runs, any status)
     params: list[str]
     design: dict | None = None  # the sweep's design record (ablation.sweep.record_design), if its sweeper wrote one
 
@@ -75,7 +74,7 @@ class Study:
             return None
 
     def data_record(self, run_id: str, dst: Path) -> dict | None:
-        path = self.artifact(run_id, "data_record.json", dst)
+        path = self.artifact(run_id, DATA_RECORD, dst)
         return json.loads(path.read_text()) if path else None
 
 
@@ -101,7 +100,7 @@ def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str,
 def _latest_sweep(client: MlflowClient, experiment_ids: list[str]) -> Run | None:
     found = client.search_runs(
         experiment_ids,
-        f"tags.`{ROLE}` = 'sweep'",
+        f"tags.`{ROLE}` = '{SWEEP}'",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
@@ -117,7 +116,7 @@ def _select(
             parent = client.get_run(sweep)
         except MlflowException:
             raise AnalysisError(f"sweep run {sweep!r} not found in {uri}") from None
-        if parent.data.tags.get(ROLE) != "sweep":
+        if parent.data.tags.get(ROLE) != SWEEP:
             raise AnalysisError(f"run {sweep} is not a sweep parent (tag {ROLE}={parent.data.tags.get(ROLE)!r})")
         exp = client.get_experiment(parent.info.experiment_id)
         if experiment and exp.name != experiment:
@@ -139,7 +138,7 @@ def _select(
     ids = [e.experiment_id for e in client.search_experiments()]
     latest = _latest_sweep(client, ids) if ids else None
     if latest is None:
-        raise AnalysisError(f"no sweep parent run (tag {ROLE}=sweep) in any experiment of {uri}; pass --experiment")
+        raise AnalysisError(f"no sweep parent run (tag {ROLE}={SWEEP}) in any experiment of {uri}; pass --experiment")
     return client.get_experiment(latest.info.experiment_id), None if all_runs else latest
 
 
@@ -150,7 +149,7 @@ def _runs_frame(runs: list[Run], params: list[str]) -> pd.DataFrame:
                 "run_id": r.info.run_id,
                 "run_name": r.info.run_name,
                 "status": r.info.status,
-                "error": r.data.tags.get("error", ""),
+                "error": r.data.tags.get(ERROR, ""),
                 "start_time": r.info.start_time,
                 **{m: r.data.metrics.get(m, float("nan")) for m in TEST_METRICS + ONCE_METRICS},
                 **{p: r.data.params.get(p) for p in params},
@@ -171,8 +170,8 @@ def _design(client: MlflowClient, parent_id: str) -> dict | None:
 
 def _sweep_runs(client: MlflowClient, experiment_id: str, parent_id: str, design: dict | None) -> list[Run]:
     """The sweep's job runs: its children, and the earlier runs its resumed jobs skipped to (from the design)."""
-    where = f"tags.`{ROLE}` = 'job'"
-    runs = _search(client, [experiment_id], f"{where} and tags.`mlflow.parentRunId` = '{parent_id}'")
+    where = f"tags.`{ROLE}` = '{JOB}'"
+    runs = _search(client, [experiment_id], f"{where} and tags.`{PARENT}` = '{parent_id}'")
     skipped_to = {
         job["run_id"] for cell in (design or {}).get("cells", []) for job in cell["jobs"] if job.get("run_id")
     }
@@ -191,7 +190,7 @@ def load_study(uri: str, experiment: str | None = None, sweep: str | None = None
     if parent is not None:
         runs = _sweep_runs(client, exp.experiment_id, parent.info.run_id, design)
     else:
-        runs = _search(client, [exp.experiment_id], f"tags.`{ROLE}` = 'job'", order_by=["attributes.start_time ASC"])
+        runs = _search(client, [exp.experiment_id], f"tags.`{ROLE}` = '{JOB}'", order_by=["attributes.start_time ASC"])
     what = f"sweep {parent.info.run_id} of experiment {exp.name!r}" if parent else f"experiment {exp.name!r}"
     if not any(r.info.status == "FINISHED" for r in runs):
         raise AnalysisError(f"{what} has no finished job runs ({len(runs)} job runs in total)")

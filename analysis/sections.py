@@ -6,34 +6,23 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ablation.config import NOT_CONFIGURATION
-from ablation.data import CLASSES
-from ablation.store import redact
-from analysis.runs import TEST_METRICS, Study
+from ablation.contract import CLASSES, NOT_CONFIGURATION, TEST_METRICS, redact
+from ablation.metrics import METRICS
+from analysis.runs import Study
 from analysis.stats import (
     config_keys,
     label,
     matters,
 )
+from analysis.tables import Fetched, Tables
 from analysis.transfer import transfer_summary
 
-if TYPE_CHECKING:
-    from analysis.report import Fetched, Tables
-
 KEY_METRICS = ("test_auc", "test_accuracy", "test_f1")  # the ones the summary and the report tables show
-NAMES = {
-    "test_accuracy": "accuracy",
-    "test_precision": "precision",
-    "test_recall": "recall (sensitivity)",
-    "test_specificity": "specificity",
-    "test_f1": "F1",
-    "test_auc": "ROC AUC",
-    "test_pr_auc": "PR AUC",
-}
+SHORT_NAMES = {"recall": "recall (sensitivity)", "f1": "F1", "auc": "ROC AUC", "pr_auc": "PR AUC"}
+NAMES = {f"test_{name}": SHORT_NAMES.get(name, name) for name in METRICS}  # a logged test metric as the text calls it
 BASELINE_RULE = (
     "each factor not given with `--baseline` takes its first level, levels sorted with "
     "none/False/off/0 first, then numbers in numeric order, then text alphabetically "

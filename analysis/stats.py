@@ -19,8 +19,8 @@ from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from ablation.config import is_configuration_key
-from analysis.runs import TEST_METRICS, AnalysisError
+from ablation.contract import TEST_METRICS, is_configuration_key, same_level
+from analysis.runs import AnalysisError
 
 LEVEL = 0.95
 REPLICATE = "seed"
@@ -34,7 +34,7 @@ def find_factors(runs: pd.DataFrame, params: list[str]) -> tuple[list[str], dict
     """Params that vary across `runs`, one per distinct partition of the runs; with their aliases.
 
     A param that partitions the runs exactly like `seed` (a split seed, say) is a replicate, not a factor;
-    one that is not part of a configuration (`ablation.config.is_configuration_key`: where things are
+    one that is not part of a configuration (`ablation.contract.is_configuration_key`: where things are
     stored, how verbose) is never one.
     """
     groups: dict[tuple, list[str]] = {}
@@ -147,15 +147,6 @@ def parse_baseline(spec: str | None) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def _same(a: str, b: str) -> bool:
-    if a.lower() == b.lower():
-        return True
-    try:
-        return float(a) == float(b)
-    except ValueError:
-        return False
-
-
 def choose_baseline(runs: pd.DataFrame, factors: list[str], given: dict[str, str]) -> tuple:
     """The configuration matching `given`; each factor not given takes its first level (`level_key`)
     among the configurations still matching, factor by factor."""
@@ -165,7 +156,7 @@ def choose_baseline(runs: pd.DataFrame, factors: list[str], given: dict[str, str
             f"--baseline: {', '.join(unknown)} is not a factor; factors: {', '.join(factors) or 'none'}"
         )
     configs = ordered_configs(runs, factors)
-    candidates = [c for c in configs if all(_same(c[factors.index(f)], v) for f, v in given.items())]
+    candidates = [c for c in configs if all(same_level(c[factors.index(f)], v) for f, v in given.items())]
     if not candidates:
         levels = "; ".join(
             f"{f}: {', '.join(sorted({c[i] for c in configs}, key=level_key))}" for i, f in enumerate(factors)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ablation.contract import DEFAULT_THRESHOLD
 from ablation.metrics import binary_metrics, youden_threshold
 from analysis.stats import config_keys, label, ordered_configs
 
@@ -31,7 +32,7 @@ def run_transfer(val: pd.DataFrame, test: pd.DataFrame, threshold: float) -> dic
         "test_sensitivity": on_test["recall"],
         "val_specificity": on_val["specificity"],
         "test_specificity": on_test["specificity"],
-        "test_accuracy_at_0.5": binary_metrics(ty, tp, 0.5)["accuracy"],
+        "test_accuracy_at_0.5": binary_metrics(ty, tp, DEFAULT_THRESHOLD)["accuracy"],
         "val_youden_threshold": val_youden,
         "test_accuracy_at_val_youden": binary_metrics(ty, tp, val_youden)["accuracy"],
         "test_youden_threshold": youden_threshold(ty, tp),  # chosen on test: a reference, never used
@@ -50,7 +51,7 @@ def transfer_runs(finished: pd.DataFrame, factors: list[str], predictions: dict)
         logged = predictions.get(run["run_id"], {})
         if "val" not in logged or "test" not in logged:
             continue  # a run from before val_predictions.csv was logged
-        threshold = 0.5 if pd.isna(run.get("threshold")) else float(run["threshold"])
+        threshold = DEFAULT_THRESHOLD if pd.isna(run.get("threshold")) else float(run["threshold"])
         figures = run_transfer(logged["val"], logged["test"], threshold)
         rows.append({"configuration": label(key, factors), "run_id": run["run_id"], **figures})
     return pd.DataFrame(rows)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ablation.contract import TEST_METRICS
 from analysis.bootstrap import LEVEL, Bootstrap, ScoredRuns, interval, p_value
 from analysis.ensembles import ensemble_effects, ensemble_table
-from analysis.runs import TEST_METRICS
 from analysis.stats import (
     INTERACTION,
     REPLICATE,

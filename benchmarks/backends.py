@@ -33,17 +33,17 @@ def worker(settings: dict) -> None:
     from ablation import backend, pipeline
     from ablation.data import load_data
     from ablation.models import build_model
-    from ablation.train import compile_model
+    from ablation.train import Recipe, compile_model
 
     cfg = compose(f"data.image_size={settings['image_size']}", f"batch_size={settings['batch_size']}")
-    backend.set_up(cfg)
+    backend.set_up(cfg.seed)
     data = load_data(settings["data_root"], cfg.data.image_size, 0.1, 0, settings["cache_dir"])
     images, labels = data.train.images[: settings["images"]], data.train.labels[: settings["images"]]
     feed = pipeline.train_batches(images, labels, cfg.batch_size, cfg.seed)
     models = {}
     for name in settings["models"]:
         model = build_model(name, images.shape[1:], cfg.dropout, cfg.batchnorm)
-        compile_model(model, cfg, len(labels))
+        compile_model(model, Recipe.of(cfg), len(labels))
         model.fit(feed, epochs=1, verbose=0)  # compiles
         models[name] = model
     print(json.dumps({"ready": keras.backend.backend()}), flush=True)

@@ -46,10 +46,10 @@ from omegaconf import DictConfig  # noqa: E402
 from tensorflow.python.framework import config as tf_config  # noqa: E402  # as ablation.backend
 
 from ablation import pipeline  # noqa: E402
+from ablation.contract import DEFAULT_THRESHOLD, JOB, PARENT, ROLE, SWEEP  # noqa: E402
 from ablation.data import ChestXray, load_data  # noqa: E402
 from ablation.models import build_model, build_resnet50  # noqa: E402
-from ablation.tracking import ROLE  # noqa: E402
-from ablation.train import compile_model  # noqa: E402
+from ablation.train import Recipe, compile_model  # noqa: E402
 from benchmarks.backends import measure_backends  # noqa: E402
 from benchmarks.gpu import H200_BF16_TFLOPS, TRAIN_GFLOP_224  # noqa: E402
 
@@ -174,7 +174,7 @@ def compiled_cnn(cfg: DictConfig, data: ChestXray) -> keras.Model:
     """The CNN built and compiled exactly as `ablation.train.train` compiles it (`compile_model`)."""
     keras.utils.set_random_seed(cfg.seed)
     model = build_model("cnn", data.train.images.shape[1:], cfg.dropout, cfg.batchnorm)
-    compile_model(model, cfg, len(data.train.labels))
+    compile_model(model, Recipe.of(cfg), len(data.train.labels))
     return model
 
 
@@ -417,7 +417,7 @@ def measure_sweep(root: str | Path, cache_dir: Path, runs_dir: Path, seeds: int 
         raise RuntimeError(f"the sweep failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("bench")
-    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(ROLE) == "job"]
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(ROLE) == JOB]
     jobs = [
         {
             "start_ms": r.info.start_time,
@@ -545,7 +545,7 @@ def report_store(root: Path, seeds: int = 3, epochs: int = 4) -> tuple[str, str]
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     experiment = client.create_experiment("report-bench", artifact_location=(root / "artifacts").as_uri())
-    parent = client.create_run(experiment, tags={"ablation.role": "sweep"}).info.run_id
+    parent = client.create_run(experiment, tags={ROLE: SWEEP}).info.run_id
     labels = np.r_[np.zeros(234, int), np.ones(390, int)]
     files = [f"test/{'NORMAL' if y == 0 else 'PNEUMONIA'}/img{i}.jpeg" for i, y in enumerate(labels)]
     for i, (network, dropout, augmentation, seed) in enumerate(
@@ -558,12 +558,12 @@ def report_store(root: Path, seeds: int = 3, epochs: int = 4) -> tuple[str, str]
         rng = np.random.default_rng(i)
         skill = 1.2 + 0.4 * (network != "cnn") + 0.2 * (augmentation == "flip")
         logits = rng.normal(0, 1.3, len(labels)) + skill * (2 * labels - 1)
-        tags = {"ablation.role": "job", "mlflow.parentRunId": parent}
+        tags = {ROLE: JOB, PARENT: parent}
         run = client.create_run(experiment, tags=tags).info.run_id
         params = {"model": network, "dropout": dropout, "augmentation": augmentation, "seed": str(seed), "epochs": "4"}
         test = 1 / (1 + np.exp(-logits))
-        once = {f"test_{k}": float(v) for k, v in binary_metrics(labels, test, 0.5).items()}
-        once.update(threshold=0.5, best_epoch=epochs, num_params=1e6)
+        once = {f"test_{k}": float(v) for k, v in binary_metrics(labels, test, DEFAULT_THRESHOLD).items()}
+        once.update(threshold=DEFAULT_THRESHOLD, best_epoch=epochs, num_params=1e6)
         curves = [
             Metric(key, float(value), 0, epoch)
             for epoch in range(1, epochs + 1)

@@ -52,7 +52,7 @@ def measure(
     from ablation import backend, pipeline
     from ablation.data import load_data
     from ablation.models import build_model
-    from ablation.train import compile_model
+    from ablation.train import Recipe, compile_model
 
     data = None
     figures = {} if figures is None else figures
@@ -60,7 +60,7 @@ def measure(
     for precision in precisions:
         cfg = compose(f"data.image_size={image_size}", f"batch_size={batch_size}", f"trainer.precision={precision}")
         for name in models:
-            backend.set_up(cfg)
+            backend.set_up(cfg.seed, str(cfg.trainer.precision))
             if data is None:
                 start = time.perf_counter()
                 data = load_data(data_root, image_size, 0.1, 0, cache_dir)
@@ -71,7 +71,7 @@ def measure(
             images, labels = data.train.images[rows], data.train.labels[rows]
             feed = pipeline.train_batches(images, labels, batch_size, cfg.seed)
             model = build_model(name, images.shape[1:], cfg.dropout, cfg.batchnorm)
-            compile_model(model, cfg, len(labels))
+            compile_model(model, Recipe.of(cfg), len(labels))
             start = time.perf_counter()
             model.fit(feed, epochs=1, verbose=0)
             compile_s = time.perf_counter() - start
@@ -102,10 +102,12 @@ def check_store(uri: str, experiment: str) -> dict:
     ones where there is a GPU) and its MLflow model; and whether the jobs ran at once (sharing the card)."""
     import mlflow
 
+    from ablation.contract import JOB, ROLE
+
     client = mlflow.MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id]) if found else []
-    jobs = [r for r in runs if r.data.tags.get("ablation.role") == "job"]
+    jobs = [r for r in runs if r.data.tags.get(ROLE) == JOB]
     figures: dict = {"sweep_jobs": len(jobs), "sweep_problems": []}
     for run in jobs:
         name, metrics = run.data.params.get("model.name", run.info.run_name), run.data.metrics

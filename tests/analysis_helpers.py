@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from processes import run_module
 
+from ablation.contract import JOB, PARENT, ROLE
 from ablation.metrics import binary_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def build_store(tmp: Path) -> dict:
     (files / "data_record.json").write_text(json.dumps(record))
 
     def child(parent: str, model: str, dropout: str, seed: int, run: int, status: str = "FINISHED") -> str:
-        tags = {"ablation.role": "job", "mlflow.parentRunId": parent}
+        tags = {ROLE: JOB, PARENT: parent}
         if status == "FAILED":
             tags["error"] = ERROR
         run_id = client.create_run(exp_id, start_time=T0 + 1000 * run, tags=tags).info.run_id

@@ -40,6 +40,13 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def backbone(model):
+    """The part of `model` from its input up to the `features` map (no pooling, no head)."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer("features").output, name=f"{model.name}_backbone")
+
+
 def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)

@@ -21,6 +21,8 @@ import mlflow
 import pytest
 from conftest import DATA_ROOT, PROJECT
 
+from ablation.contract import JOB, PID, ROLE, SWEEP
+
 # The tiny preset (conf/experiment/tiny.yaml): 32 px, 32 images a class, 2 epochs, batch 16, quiet Keras.
 TINY = ["experiment=tiny"]
 EPOCH_METRICS = ("loss", "val_loss", "accuracy", "val_auc")
@@ -199,10 +201,10 @@ def job_runs(db: Path) -> list[dict]:
     rows = sqlite_rows(
         db,
         "SELECT r.run_uuid, r.status, "
-        "(SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'ablation.pid'), "
+        f"(SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = '{PID}'), "
         "(SELECT value FROM params p WHERE p.run_uuid = r.run_uuid AND p.key = 'epochs'), "
         "(SELECT COUNT(*) FROM metrics m WHERE m.run_uuid = r.run_uuid AND m.key = 'loss') "
-        "FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'ablation.role' AND t.value = 'job'",
+        f"FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = '{ROLE}' AND t.value = '{JOB}'",
     )
     return [dict(zip(("run_id", "status", "pid", "epochs", "losses"), row, strict=True)) for row in rows]
 
@@ -212,8 +214,8 @@ def runs_by_role(uri: str, experiment: str) -> tuple[mlflow.MlflowClient, list, 
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no experiment {experiment!r} in {uri}"
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("ablation.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("ablation.role") == "job"]
+    parents = [r for r in runs if r.data.tags.get(ROLE) == SWEEP]
+    children = [r for r in runs if r.data.tags.get(ROLE) == JOB]
     assert len(parents) + len(children) == len(runs)
     return client, parents, children
 

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from processes import ablation, run_command
 
 from ablation import devices
+from ablation.contract import JOB, ROLE
 from ablation.data import decode_image
 from ablation.models import network_of
 from ablation.pipeline import Augmentation
@@ -34,7 +35,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def _job_runs(uri: str, experiment: str) -> tuple[mlflow.MlflowClient, list]:
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return client, [r for r in runs if r.data.tags.get("ablation.role") == "job"]
+    return client, [r for r in runs if r.data.tags.get(ROLE) == JOB]
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -14,8 +12,8 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from processes import run_command
 
-from ablation.config import ConfigError, validate
-from ablation.design import Design
+from ablation.validate import ConfigError, validate
+from hydra_plugins.study_sweeper._design import Design
 
 GROUPS = ["model", "augmentation", "class_weighting", "optimizer", "trainer", "data", "tracking", "paths"]
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((PROJECT / "conf" / g).glob("*.yaml"))]
@@ -104,7 +102,7 @@ def test_out_of_range_values_are_refused_by_key(override, key, allowed):
         ("trainer.precision=float16", "[float32, mixed_float16, mixed_bfloat16]"),
         ("optimizer.schedule=step", "[constant, cosine]"),
         ("optimizer.name=rmsprop", "[adam, sgd]"),
-        ("trainer.augment_on=gpu", "[data, model]"),
+        ("trainer.augment_on=gpu", "[auto, data, model]"),
     ],
 )
 def test_string_choices_are_refused_at_composition_naming_key_value_and_choices(override, allowed):
@@ -115,44 +113,11 @@ def test_string_choices_are_refused_at_composition_naming_key_value_and_choices(
     assert f"Invalid value '{value}', expected one of {allowed}" in message and f"full_key: {key}" in message
 
 
-def test_string_choices_reach_params_and_the_hash_as_plain_text():
-    from ablation.config import config_hash, flatten
-
-    cfg = compose_config("trainer.precision=mixed_bfloat16", "optimizer.schedule=cosine")
-    flat = flatten(cfg)
-    assert flat["trainer.precision"] == "mixed_bfloat16" and flat["optimizer.schedule"] == "cosine"
-    assert config_hash(cfg) != config_hash(compose_config("optimizer.schedule=cosine"))
-
-
-def test_what_locates_a_run_is_not_part_of_its_configuration():
-    from ablation.config import config_hash, is_configuration_key
-
-    base = compose_config()
-    moved = compose_config(
-        "paths.runs=/elsewhere", "data.cache_dir=/tmp/c", "trainer.verbose=0", "tracking.experiment=x"
-    )
-    assert config_hash(base) == config_hash(moved)
-    assert config_hash(base) != config_hash(compose_config("trainer.label_smoothing=0.1"))
-    assert not is_configuration_key("tracking.uri") and not is_configuration_key("data.cache_dir")
-    assert is_configuration_key("data.image_size") and is_configuration_key("trackingx")
-
-
-def test_a_key_added_later_at_its_old_behaviour_leaves_the_identity_as_runs_before_it_logged_it():
-    from ablation.config import ADDED_KEYS, config_hash, flatten, is_configuration_key
-
-    cfg = compose_config()
-    # The identity a run logged before the keys existed: every configuration key it had, hashed the same way.
-    before = {k: v for k, v in flatten(cfg).items() if is_configuration_key(k) and k not in ADDED_KEYS}
-    old_hash = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
-    assert config_hash(cfg) == old_hash
-    assert config_hash(compose_config("trainer.tta_widths=[0.9,1,1.1]")) != old_hash
-
-
 def test_image_size_minimum_depends_on_the_network():
     validate(compose_config("model=resnet18", "data.image_size=32", f"data.root={DATA_ROOT}"))
     with pytest.raises(ConfigError, match="data.image_size=16 .* resnet50"):
         validate(compose_config("model=resnet50", "data.image_size=16", f"data.root={DATA_ROOT}"))
-    with pytest.raises(ConfigError, match="data.image_size=40 .* after model.crop"):
+    with pytest.raises(ConfigError, match=r"data.image_size=40 .* after model.crop=\[.*\] \(it leaves 26 px\)"):
         validate(compose_config("data.image_size=40", "model.crop=[0.25,0.1,0,0]", f"data.root={DATA_ROOT}"))
 
 
@@ -193,8 +158,32 @@ def test_the_installed_commands_run_from_anywhere_and_ablation_completes_with_hy
 
 
 def test_the_prior_threshold_rule_needs_a_class_balanced_model():
-    rule = ["trainer.tune_threshold=true", "trainer.threshold_rule=prior", f"data.root={DATA_ROOT}"]
+    rule = ["trainer.threshold=prior", f"data.root={DATA_ROOT}"]
     validate(compose_config(*rule, "class_weighting=oversample"))
     validate(compose_config(*rule, "class_weighting=balanced"))
-    with pytest.raises(ConfigError, match="trainer.threshold_rule='prior' is not allowed: .* class_weighting=none"):
+    with pytest.raises(ConfigError, match="trainer.threshold='prior' is not allowed: .* class_weighting=none"):
         validate(compose_config(*rule, "class_weighting=none"))
+
+
+@pytest.mark.parametrize("threshold", ["0.3", "youden", "midpoint"])
+def test_the_threshold_is_one_key_a_probability_or_a_rule(threshold):
+    validate(compose_config(f"trainer.threshold={threshold}", f"data.root={DATA_ROOT}"))
+
+
+@pytest.mark.parametrize("threshold", ["0", "1.5", "median", "true"])
+def test_a_threshold_neither_a_probability_nor_a_rule_is_refused_naming_both(threshold):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(f"trainer.threshold={threshold}", f"data.root={DATA_ROOT}"))
+    assert str(error.value).startswith("trainer.threshold=")
+    assert "a probability in (0, 1), or a rule that picks it on validation: youden, midpoint, prior" in str(error.value)
+
+
+def test_augmenting_in_the_data_feed_is_refused_where_there_is_none():
+    """Under JAX there is no tf.data feed to augment in: `augment_on=data` is refused, not ignored; `auto` (the
+    default) augments where the backend can."""
+    jax = ["trainer.backend=jax", f"data.root={DATA_ROOT}"]
+    validate(compose_config(*jax))
+    validate(compose_config(*jax, "trainer.augment_on=model"))
+    with pytest.raises(ConfigError, match=r"^trainer.augment_on='data' is not allowed: model or auto under the jax"):
+        validate(compose_config(*jax, "trainer.augment_on=data"))
+    validate(compose_config("trainer.augment_on=data", f"data.root={DATA_ROOT}"))

@@ -1,4 +1,5 @@
-"""The study designs' rules (ablation/design.py), checked directly and against Hydra's own basic sweeper."""
+"""The study designs' rules (hydra_plugins/study_sweeper/_design.py), checked directly and against Hydra's own
+basic sweeper."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from ablation import design
-from ablation.design import AutoSeeds, DesignError
+from ablation.contract import same_level
+from hydra_plugins.study_sweeper import _design as design
+from hydra_plugins.study_sweeper._design import AutoSeeds, DesignError
 
 PARSER = OverridesParser.create()
 
@@ -80,7 +82,7 @@ def test_one_at_a_time_needs_a_swept_key():
 
 @pytest.mark.parametrize(("a", "b", "same"), [("0", 0.0, True), ("true", True, True), ("0.5", "0.25", False)])
 def test_same_level(a, b, same):
-    assert design.same_level(a, b) is same
+    assert same_level(a, b) is same
 
 
 def test_seed_lists():
@@ -122,13 +124,21 @@ def test_the_sweeper_names_an_unknown_design():
 
 
 def test_a_report_that_fails_is_printed_and_never_fails_the_sweep(tmp_path, capsys):
+    import json
+
     from omegaconf import OmegaConf
 
-    from ablation import sweep
+    from ablation.contract import PARENT_FILE
+    from analysis.callback import SweepReport
 
-    config = OmegaConf.create({"paths": {"runs": str(tmp_path)}})
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
     parent = {"run_id": "0123abcd", "tracking_uri": f"sqlite:///{tmp_path}/missing/mlflow.db"}
-    sweep.report(config, parent)  # no store there: the report cannot be built
+    (sweep_dir / PARENT_FILE).write_text(json.dumps(parent))
+    config = OmegaConf.create(
+        {"paths": {"runs": str(tmp_path)}, "tracking": {"report": True}, "hydra": {"sweep": {"dir": str(sweep_dir)}}}
+    )
+    SweepReport().on_multirun_end(config)  # no store there: the report cannot be built
     printed = capsys.readouterr().out
     assert "Report not built (AnalysisError: no MLflow store at" in printed
     assert "python -m analysis report --sweep 0123abcd" in printed

@@ -7,12 +7,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import DATA_ROOT
+from conftest import DATA_ROOT, backbone
 from PIL import Image
 
 from ablation.data import decode_image
 from ablation.explain import OUTCOMES, gradcam, gradcam_panel, overlay, pick_examples
-from ablation.models import backbone, build_model
+from ablation.models import build_model
 
 SIZE = 64  # the ResNets' `features` map is 2 x 2 here (1 x 1 at 32 px, where any map is flat)
 PER_CLASS = 6

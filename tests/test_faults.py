@@ -41,7 +41,7 @@ from processes import (
 )
 
 from ablation import interrupts, tracking
-from ablation.config import ConfigError
+from ablation.validate import ConfigError
 
 # ---------------------------------------------------------------- parallel writers on a fresh SQLite store
 
@@ -482,14 +482,17 @@ def test_no_code_loads_untrusted_pickles_or_instantiates_config_values():
             assert "safe_mode=True" in call, f"{path.relative_to(PROJECT)}: {call}"
 
 
-def test_the_only_target_in_the_configs_is_the_sweep_summary_callback():
+def test_the_only_targets_in_the_configs_are_the_sweep_callbacks():
     targets = {
         (path.relative_to(PROJECT).as_posix(), line.split(":", 1)[1].strip())
         for path in (PROJECT / "conf").rglob("*.yaml")
         for line in path.read_text().splitlines()
         if line.strip().startswith("_target_:")
     }
-    assert targets == {("conf/hydra/default.yaml", "ablation.sweep.SweepSummary")}
+    assert targets == {
+        ("conf/hydra/default.yaml", "ablation.sweep.SweepSummary"),
+        ("conf/hydra/default.yaml", "analysis.callback.SweepReport"),
+    }
 
 
 @pytest.mark.slow

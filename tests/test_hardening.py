@@ -17,10 +17,11 @@ from conftest import DATA_ROOT, compose_config, copy_images
 from omegaconf import open_dict
 from PIL import Image
 
-from ablation import data, tracking
-from ablation.config import ConfigError, validate
+from ablation import contract, data, tracking
 from ablation.data import data_digest, decode_image
-from ablation.job import Identity, RunNotEndedError, already_finished, run_lifecycle
+from ablation.job import RunNotEndedError, run_lifecycle
+from ablation.resume import Identity, already_finished
+from ablation.validate import ConfigError, validate
 
 
 def _small_copy(root, n: int = 3):
@@ -54,7 +55,7 @@ def test_resume_skips_only_a_run_on_the_same_images_and_warns_across_commits(tmp
     other = _small_copy(tmp_path / "other")
     cfg = compose_config("experiment=tiny", f"data.root={DATA_ROOT}", f"paths.runs={tmp_path}")
     identity = Identity.of(cfg)
-    done = tracking.create_run(client, experiment, "done", {**identity.tags, tracking.GIT_COMMIT: "aaa"})
+    done = tracking.create_run(client, experiment, "done", {**identity.tags, contract.GIT_COMMIT: "aaa"})
     client.set_terminated(done, "FINISHED")
 
     assert already_finished(client, experiment, cfg, identity, "aaa").info.run_id == done
@@ -79,10 +80,10 @@ def test_stale_runs_are_reaped_by_heartbeat_from_any_host(store):
     old = str(int(time.time() - 3600))
     here, alive = socket.gethostname(), str(os.getpid())
     runs = {
-        "other host, silent": {tracking.HOST: "node-17", tracking.PID: "4242", tracking.HEARTBEAT: old},
-        "reused pid, silent": {tracking.HOST: here, tracking.PID: alive, tracking.HEARTBEAT: old},
-        "other host, beating": {tracking.HOST: "node-17", tracking.PID: "4242"},
-        "this process, beating": {tracking.HOST: here, tracking.PID: alive},
+        "other host, silent": {contract.HOST: "node-17", contract.PID: "4242", contract.HEARTBEAT: old},
+        "reused pid, silent": {contract.HOST: here, contract.PID: alive, contract.HEARTBEAT: old},
+        "other host, beating": {contract.HOST: "node-17", contract.PID: "4242"},
+        "this process, beating": {contract.HOST: here, contract.PID: alive},
     }
     ids = {name: client.create_run(experiment, run_name=name, tags=tags).info.run_id for name, tags in runs.items()}
     reaped = tracking.reap_stale_runs(client, experiment, timeout_s=1800)
@@ -96,10 +97,10 @@ def test_stale_runs_are_reaped_by_heartbeat_from_any_host(store):
 def test_a_running_job_beats_from_a_thread(store):
     client, experiment = store
     run_id = tracking.create_run(client, experiment, "beating", {})
-    first = int(client.get_run(run_id).data.tags[tracking.HEARTBEAT])
+    first = int(client.get_run(run_id).data.tags[contract.HEARTBEAT])
     with tracking.heartbeat(client, [run_id], every_s=0.5):
         time.sleep(1.8)  # long enough for a beat in a later second
-    assert int(client.get_run(run_id).data.tags[tracking.HEARTBEAT]) > first
+    assert int(client.get_run(run_id).data.tags[contract.HEARTBEAT]) > first
 
 
 def test_a_run_the_store_will_not_end_finished_does_not_count_as_finished(tmp_path):

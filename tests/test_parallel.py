@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from processes import TINY, run_ablation
 
-from ablation.job import DEVICES_TAG
+from ablation.contract import DEVICES
 
 TEST_METRICS = {
     "test_accuracy",
@@ -64,7 +64,7 @@ def test_joblib_sweep_four_parallel_jobs_pinned_round_robin_then_the_report(tmp_
     # Four different processes ran them: the launcher really ran the jobs in parallel workers.
     assert len({r.data.tags["ablation.pid"] for r in children}) == 4
     # Job k saw GPU k of 4 (jobs in sweep order: dropout, then seed): pinned before TensorFlow started in its worker.
-    cards = {(r.data.params["dropout"], r.data.params["seed"]): r.data.tags.get(DEVICES_TAG) for r in children}
+    cards = {(r.data.params["dropout"], r.data.params["seed"]): r.data.tags.get(DEVICES) for r in children}
     assert cards == {("0.0", "0"): "0", ("0.0", "1"): "1", ("0.5", "0"): "2", ("0.5", "1"): "3"}
     for run in children:
         assert run.info.status == "FINISHED"

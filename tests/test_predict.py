@@ -264,13 +264,12 @@ def test_stretch_width_widens_and_narrows_about_the_centre():
 
 @pytest.mark.slow  # the module's run is trained through the CLI
 def test_stretch_probe_scores_the_runs_own_splits(trained, tmp_path, capsys):
-    from analysis.__main__ import main
+    from ablation.stretch import main
 
     out = tmp_path / "stretch.csv"
     assert (
         main(
             [
-                "stretch",
                 "--run-id",
                 trained.run_id,
                 "--tracking-uri",
@@ -296,7 +295,7 @@ def test_stretch_probe_scores_the_runs_own_splits(trained, tmp_path, capsys):
     unstretched = table.set_index(["split", "width_factor"]).loc[("test", 1.0)]
     assert unstretched.auc == pytest.approx(logged["test_auc"], abs=1e-6)
     assert unstretched.accuracy == pytest.approx(logged["test_accuracy"], abs=1e-6)
-    assert main(["stretch", "--run-id", trained.run_id, "--tracking-uri", trained.uri, "--factors", "0,1"]) == 2
+    assert main(["--run-id", trained.run_id, "--tracking-uri", trained.uri, "--factors", "0,1"]) == 2
     assert "--factors '0,1'" in capsys.readouterr().err
 
 
@@ -320,7 +319,7 @@ def test_a_model_safe_mode_refuses_or_a_truncated_one_exits_2_naming_the_reason(
 
     client = mlflow.MlflowClient(trained.uri)
     config = client.download_artifacts(trained.run_id, predict.CONFIG_ARTIFACT, str(tmp_path))
-    saved = Path(client.download_artifacts(trained.run_id, predict.MODEL_ARTIFACT, str(tmp_path / "saved")))
+    saved = Path(client.download_artifacts(trained.run_id, predict.KERAS_FILE, str(tmp_path / "saved")))
     inputs = keras.Input((32, 32, 1))
     with_code = tmp_path / "lambda" / "model.keras"  # a Lambda layer: Python code that safe mode will not run
     with_code.parent.mkdir()

@@ -70,8 +70,7 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_cfg):
 @pytest.mark.parametrize("rule", ["youden", "midpoint", "prior"])
 def test_threshold_tuned_on_validation_not_test(tiny_cfg, rule):
     with open_dict(tiny_cfg):
-        tiny_cfg.trainer.tune_threshold = True
-        tiny_cfg.trainer.threshold_rule = rule
+        tiny_cfg.trainer.threshold = rule
         tiny_cfg.class_weighting.name = "oversample"
     result = train(tiny_cfg)
     val = result.data.val
@@ -83,19 +82,20 @@ def test_threshold_tuned_on_validation_not_test(tiny_cfg, rule):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_weight_decay_turns_adam_into_adamw(weight_decay, tiny_cfg):
-    from ablation.train import build_optimizer
+    from ablation.train import Recipe, build_optimizer
 
     tiny_cfg.optimizer.weight_decay = weight_decay
-    assert build_optimizer(tiny_cfg, steps_per_epoch=10).weight_decay == (weight_decay or None)
+    assert build_optimizer(Recipe.of(tiny_cfg), steps_per_epoch=10).weight_decay == (weight_decay or None)
 
 
 def test_optimizer_sgd_is_nesterov_sgd_with_the_configured_momentum():
-    from ablation.train import build_optimizer
+    from ablation.train import Recipe, build_optimizer
 
-    optimizer = build_optimizer(compose_config("optimizer=sgd", "optimizer.momentum=0.8"), steps_per_epoch=10)
+    sgd = Recipe.of(compose_config("optimizer=sgd", "optimizer.momentum=0.8"))
+    optimizer = build_optimizer(sgd, steps_per_epoch=10)
     assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov and optimizer.momentum == 0.8
     assert float(optimizer.learning_rate) == pytest.approx(0.05)
-    assert isinstance(build_optimizer(compose_config(), steps_per_epoch=10), keras.optimizers.Adam)
+    assert isinstance(build_optimizer(Recipe.of(compose_config()), steps_per_epoch=10), keras.optimizers.Adam)
 
 
 @pytest.mark.slow  # trains more than once, or longer than a fast test should

@@ -24,11 +24,12 @@ def record(out: str, overrides: list[str]) -> None:
     import numpy as np
 
     from ablation import pipeline
-    from ablation.train import load, train
+    from ablation.data import load_data
+    from ablation.train import Recipe, train
     from benchmarks import compose
 
     cfg = compose(*overrides)
-    data = load(cfg)
+    data = load_data(seed=cfg.seed, **Recipe.of(cfg).data)
     splits = {
         name: pipeline.eval_batches(split.images, split.labels, cfg.batch_size)
         for name, split in (("val", data.val), ("test", data.test))

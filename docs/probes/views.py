@@ -24,11 +24,11 @@ def main(run_ids: list[str]) -> None:
     from mlflow import MlflowClient
     from sklearn.metrics import roc_auc_score
 
+    from ablation.contract import default_tracking_uri
     from ablation.data import load_data
     from ablation.models import network_of
     from ablation.pipeline import Augmentation
     from ablation.predict import load_run
-    from ablation.store import default_tracking_uri
     from benchmarks import compose
 
     recipe = compose("experiment=best")

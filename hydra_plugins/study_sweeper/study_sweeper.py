@@ -3,6 +3,10 @@
 
 Jobs keep everything they do today (resume, failure isolation, the parent run, the jobs file); the sweeper
 adds the design record (`design.json` in the sweep folder and on the parent run), which the report reads.
+
+Hydra imports every installed plugin whenever any Hydra app starts (every run, every tab completion), so this
+module imports only Hydra and OmegaConf at its top; the designs (`_design`), pandas, MLflow and the project load
+once a sweep is set up.
 """
 
 from __future__ import annotations
@@ -10,9 +14,8 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
@@ -20,11 +23,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ablation import design, sweep, tracking
-from ablation.config import ConfigError, validate
-from ablation.design import AutoSeeds, Cell, Design, DesignError, Sweep
-from ablation.job import Identity, already_finished
-from ablation.store import missing_sqlite_store
+if TYPE_CHECKING:
+    from hydra_plugins.study_sweeper._design import Cell, Sweep
 
 
 class StudySweeper(Sweeper):
@@ -42,6 +42,8 @@ class StudySweeper(Sweeper):
         dry_run: bool = False,
         max_batch_size: int | None = None,
     ) -> None:
+        from hydra_plugins.study_sweeper._design import AutoSeeds, Design, DesignError
+
         try:
             self.design = Design(design)
         except ValueError:
@@ -79,6 +81,9 @@ class StudySweeper(Sweeper):
         return lambda key: choices[key] if key in choices else OmegaConf.select(cfg, key)
 
     def cells(self, parsed: Sweep) -> list[Cell]:
+        from hydra_plugins.study_sweeper import _design as design
+        from hydra_plugins.study_sweeper._design import Design
+
         if self.design is Design.grid:
             return design.grid(parsed)
         if self.design is Design.loco:
@@ -88,11 +93,16 @@ class StudySweeper(Sweeper):
 
     @staticmethod
     def job_overrides(cell: Cell, seed: int | None) -> list[str]:
+        from hydra_plugins.study_sweeper import _design as design
+
         return cell.overrides if seed is None else design.merge(cell.overrides, [f"{design.SEED}={seed}"])
 
     # ------------------------------------------------------------------ sweeping
 
     def sweep(self, arguments: list[str]) -> Any:
+        from hydra_plugins.study_sweeper import _design as design
+        from hydra_plugins.study_sweeper._design import DesignError
+
         lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         parsed = design.parse(lines, OverridesParser.create(config_loader=self.hydra_context.config_loader))
         cells = self.cells(parsed)
@@ -129,6 +139,8 @@ class StudySweeper(Sweeper):
         return returns
 
     def _launch(self, planned: list[tuple[Cell, int | None]], cells: list[Cell], record: dict, sweep_dir: Path):
+        from ablation import sweep
+
         first = sum(len(c["jobs"]) for c in record["cells"])
         for offset, (cell, seed) in enumerate(planned):
             record["cells"][cells.index(cell)]["jobs"].append({"job": first + offset, "seed": seed})
@@ -148,6 +160,8 @@ class StudySweeper(Sweeper):
 
     def _record(self, record: dict, sweep_dir: Path) -> None:
         """Join each planned job with its line in the jobs file (run id, status); write and log the record."""
+        from ablation import sweep
+
         jobs = sweep.read_jobs(sweep_dir)
         by_num = {int(row["job"]): row for _, row in jobs.iterrows()} if not jobs.empty else {}
         for cell in record["cells"]:
@@ -160,6 +174,10 @@ class StudySweeper(Sweeper):
 
     def _decide_round(self, cells: list[Cell], record: dict, sweep_dir: Path) -> list[tuple[Cell, int]]:
         """Each cell's interval so far; one more seed for those still too wide. Printed and logged."""
+        import pandas as pd
+
+        from ablation import sweep, tracking
+
         client = tracking.client(self.config.tracking.uri)
         rule, lines, again = self.auto_seeds, [], []
         for cell, entry in zip(cells, record["cells"], strict=True):
@@ -177,6 +195,8 @@ class StudySweeper(Sweeper):
         return again
 
     def _print_dry_run(self, planned: list[tuple[Cell, int | None]]) -> None:
+        import pandas as pd
+
         rows = []
         for num, (cell, seed) in enumerate(planned):
             overrides = self.job_overrides(cell, seed)
@@ -189,6 +209,8 @@ class StudySweeper(Sweeper):
 
     def _would_be(self, overrides: list[str]) -> str:
         """FINISHED if resume would skip the job, REFUSED (why) if validation would, else 'to run'."""
+        from ablation.validate import ConfigError, validate
+
         cfg = self._compose(overrides)
         with open_dict(cfg):
             del cfg["hydra"]
@@ -203,6 +225,10 @@ class StudySweeper(Sweeper):
 def _finished_in_store(cfg: DictConfig) -> str | None:
     """The run resume would skip a job for (`ablation.job.already_finished`), looked up without creating a store,
     an experiment or a run."""
+    from ablation import tracking
+    from ablation.contract import missing_sqlite_store
+    from ablation.resume import Identity, already_finished
+
     if missing_sqlite_store(cfg.tracking.uri) is not None:
         return None
     client = tracking.client(cfg.tracking.uri)

@@ -1,8 +1,8 @@
 """Study designs: which configurations a sweep runs, and when seeds run until each answer is precise enough.
 
 A design turns the sweep's overrides into cells (one configuration each, without its seed), and each cell into
-jobs, one per seed. The Hydra sweeper (`hydra_plugins/study_sweeper`) launches them; this module knows nothing
-of Hydra's launchers, so that its rules are tested directly.
+jobs, one per seed. The study sweeper (`study_sweeper.py` beside it) launches them; this module knows nothing
+of Hydra's launchers, so that its rules are tested directly. The sweeper imports it only once a sweep starts.
 
 - `grid`: the cross product of every swept key, as Hydra's basic sweeper does.
 - `loco` (leave one component out): the baseline, then one cell per named component with that component's
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from analysis.stats import t_interval
+from ablation.contract import same_level
 
 SEED = "seed"
 BASELINE = "baseline"
@@ -140,17 +140,6 @@ def loco(sweep: Sweep, baseline: Sequence[str], components: dict[str, Sequence[s
     return cells
 
 
-def same_level(a: object, b: object) -> bool:
-    """Whether two levels of a key are the same value: `0` and `0.0`, `True` and `true`."""
-    a, b = str(a).strip(), str(b).strip()
-    if a.lower() == b.lower():
-        return True
-    try:
-        return math.isclose(float(a), float(b))
-    except ValueError:
-        return False
-
-
 def one_at_a_time(sweep: Sweep, baseline: Sequence[str], baseline_level: Callable[[str], object]) -> list[Cell]:
     """The baseline, then for each swept key each level other than the baseline's, the other keys at baseline.
 
@@ -206,6 +195,8 @@ class AutoSeeds:
     def decide(self, label: str, values: Sequence[float], attempts: int) -> dict:
         """One cell's line of a round: its values so far (NaN: a job that did not finish) and whether it gets
         another seed. A cell none of whose jobs finished gets no more: another seed would fail the same way."""
+        from analysis.stats import t_interval  # scipy: only once a round ends
+
         finished = [v for v in values if not math.isnan(v)]
         mean, low, high = t_interval(finished)
         halfwidth = (high - low) / 2 if len(finished) >= 2 else math.inf

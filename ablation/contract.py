@@ -1,0 +1,118 @@
+"""The contract between training (`python -m ablation`) and the analysis (`python -m analysis`): every name one
+side writes and the other reads, and the defaults both assume.
+
+Tag names, sweep-folder and artifact names, metric names, the default threshold, the class names, what is not
+part of a configuration, where the default MLflow store is, and `redact`. Neither side imports the other's
+internals; both import this. No Keras, no MLflow, no pandas here: the study sweeper and the report load it cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ablation.metrics import METRICS
+
+# --- run tags -------------------------------------------------------------------------------------------------
+ROLE = "ablation.role"  # SWEEP on a parent run, JOB on a child run
+SWEEP, JOB = "sweep", "job"
+CONFIG_HASH = "ablation.config_hash"  # with the data digest, what resume matches (ablation.resume)
+DATA_DIGEST = "ablation.data_digest"
+GIT_COMMIT = "git_commit"
+HOST, PID = "ablation.host", "ablation.pid"
+HEARTBEAT = "ablation.heartbeat"  # unix seconds, refreshed while a run is alive
+SWEEP_DIR = "ablation.sweep_dir"  # on a parent run: the sweep folder its jobs meet in
+DEVICES = "ablation.cuda_visible_devices"  # the GPUs a job was pinned to
+OVERRIDES = "hydra.overrides"  # a job's command-line overrides, secrets redacted
+ERROR = "error"  # why a run ended FAILED or KILLED
+PARENT = "mlflow.parentRunId"
+
+# --- files ----------------------------------------------------------------------------------------------------
+PARENT_FILE = "mlflow_parent.json"  # in the sweep folder: the parent run every job attaches to
+DRIVER_FILE = "sweep_driver.json"  # host and pid of the process that launched the sweep
+JOBS_FILE = "jobs.jsonl"  # one line per finished, failed, refused, killed or skipped job
+DESIGN_FILE = "design.json"  # the study's cells and their jobs (hydra_plugins/study_sweeper), also on the parent
+DESIGN_ARTIFACT = "design"  # its artifact folder on the parent run
+REPORT_ARTIFACT = "report"  # the report's artifact folder on the parent run
+MODEL_ARTIFACT = "model"  # a run's MLflow model
+TEST_PREDICTIONS, VAL_PREDICTIONS = "test_predictions.csv", "val_predictions.csv"  # file, label, probability
+DATA_RECORD = "data_record.json"  # what a run's data split held
+
+# --- metrics --------------------------------------------------------------------------------------------------
+TEST_METRICS = tuple(f"test_{name}" for name in METRICS)  # once per run, on the test split
+ONCE_METRICS = ("num_params", "best_epoch", "threshold", "fit_seconds")
+KEPT_METRICS = ("kept_val_auc", "kept_val_loss")  # the kept epoch's validation metrics: "the best" is chosen on these
+CURVE_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "val_auc")  # one value per epoch
+DEFAULT_THRESHOLD = 0.5  # on the pneumonia probability; what a run without a logged threshold used
+# The report's practical margin per test metric (`verdict.margins`, `--margin`): a difference inside +-margin is too
+# small to matter, so an interval inside it says "equivalent". Half a point of ROC and PR AUC, a point of the rest
+# (one test image is 0.0016 of accuracy).
+MARGINS = {f"test_{name}": 0.005 if name in ("auc", "pr_auc") else 0.01 for name in METRICS}
+CLASSES = ("NORMAL", "PNEUMONIA")  # label 0 and label 1: the folder names
+
+# --- configurations -------------------------------------------------------------------------------------------
+# Keys that locate, label or display things rather than define the training: two runs that differ only in them are
+# one configuration (resume skips the second; analysis never takes them for a factor).
+NOT_CONFIGURATION = ("tracking", "paths", "hydra", "data.root", "data.cache_dir", "trainer.verbose")
+
+
+def is_configuration_key(key: str) -> bool:
+    """Whether a dotted key (a config leaf, an MLflow param) is part of what defines a configuration."""
+    return not any(key == part or key.startswith(f"{part}.") for part in NOT_CONFIGURATION)
+
+
+def same_level(a: object, b: object) -> bool:
+    """Whether two levels of a key are one value: `0` and `0.0`, `True` and `true`, `1e-3` and `0.001`."""
+    a, b = str(a).strip(), str(b).strip()
+    if a.lower() == b.lower():
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+# --- the store ------------------------------------------------------------------------------------------------
+SQLITE = "sqlite:///"
+RUNS_DIR, STORE_FILE = "runs", "mlflow.db"  # conf/paths: `runs: ${paths.root}/runs`; conf/tracking/local.yaml
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    """$MLFLOW_TRACKING_URI, else the SQLite store `python -m ablation` writes: runs/mlflow.db under `root` (the
+    working directory, where `python -m ablation` sets `paths.root`)."""
+    store = (root or Path.cwd()) / RUNS_DIR / STORE_FILE
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{store}"
+
+
+def missing_sqlite_store(uri: str) -> Path | None:
+    """The SQLite file `uri` names when that file does not exist, else None (other URIs: None).
+
+    MLflow silently creates an empty database for a missing SQLite file, and would then report every
+    experiment and run as missing instead of naming the real problem.
+    """
+    if not uri.startswith(SQLITE):
+        return None
+    path = Path(uri.removeprefix(SQLITE).split("?")[0])  # four slashes = absolute, as in SQLAlchemy
+    return None if path.is_file() else path
+
+
+# `scheme://userinfo@`: everything up to the last @ of the token is userinfo (a password may hold / or @).
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(\S*)@")
+_SECRET_PARAMETER = re.compile(
+    r"([?&;](?:password|passwd|pwd|secret|token|access_token|api_key|apikey)=)[^&;#\s'\"`<>)\]]*", re.IGNORECASE
+)
+
+
+def _userinfo(match: re.Match) -> str:
+    scheme, info = match.groups()
+    if "/" in info.split(":", 1)[0]:  # no userinfo: an @ further along the path (`http://h/a@b`)
+        return match.group(0)
+    user = info.split(":", 1)[0]
+    return f"{scheme}{user}:***@" if ":" in info else f"{scheme}***@"  # `https://TOKEN@host`: all of it
+
+
+def redact(text: str) -> str:
+    """`text` with the password or token of every URI in it masked (`scheme://user:***@`, `scheme://***@`,
+    `?password=***`): no secret reaches a param, a tag, a log line, an error message or a report."""
+    return _SECRET_PARAMETER.sub(r"\1***", _USERINFO.sub(_userinfo, text))
