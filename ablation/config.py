@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ablation.contract import DEFAULT_THRESHOLD
+from ablation.contract import DEFAULT_THRESHOLD, MARGINS
 
 
 class ModelName(StrEnum):  # the config group model/ (ablation.models)
@@ -162,6 +162,11 @@ class TrackingConf:
 
 
 @dataclass
+class VerdictConf:  # how the end-of-sweep report judges comparisons (analysis.compare); not part of a configuration
+    margins: dict[str, float] = field(default_factory=lambda: dict(MARGINS))  # per test metric: "equivalent" within it
+
+
+@dataclass
 class PathsConf:
     root: str = MISSING
     runs: str = MISSING
@@ -178,6 +183,7 @@ class Config:
     data: DataConf = field(default_factory=DataConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     paths: PathsConf = field(default_factory=PathsConf)
+    verdict: VerdictConf = field(default_factory=VerdictConf)
     dropout: float = 0.5
     batchnorm: bool = True
     epochs: int = 20

@@ -54,12 +54,30 @@ CLASSES = ("NORMAL", "PNEUMONIA")  # label 0 and label 1: the folder names
 # --- configurations -------------------------------------------------------------------------------------------
 # Keys that locate, label or display things rather than define the training: two runs that differ only in them are
 # one configuration (resume skips the second; analysis never takes them for a factor).
-NOT_CONFIGURATION = ("tracking", "paths", "hydra", "data.root", "data.cache_dir", "trainer.verbose")
+NOT_CONFIGURATION = ("tracking", "paths", "hydra", "verdict", "data.root", "data.cache_dir", "trainer.verbose")
 
 
 def is_configuration_key(key: str) -> bool:
     """Whether a dotted key (a config leaf, an MLflow param) is part of what defines a configuration."""
     return not any(key == part or key.startswith(f"{part}.") for part in NOT_CONFIGURATION)
+
+
+# Keys merged into `trainer.threshold` (a probability or a rule's name) after runs were logged with them. Resume maps
+# today's configurations back onto them (`ablation.resume`); the analysis reads those runs' params as today's.
+MERGED_KEYS = ("trainer.tune_threshold", "trainer.threshold_rule")
+
+
+def as_current(params: dict[str, str]) -> dict[str, str]:
+    """A run's logged params in today's keys, so that a run logged before a merge and one after it, of the same
+    configuration, never look like two levels of a factor."""
+    if MERGED_KEYS[0] not in params:
+        return params
+    current = {key: value for key, value in params.items() if key not in MERGED_KEYS}
+    if params[MERGED_KEYS[0]] == "True":  # the rule picked the threshold
+        current["trainer.threshold"] = params.get(MERGED_KEYS[1], "youden")
+    if current.get("trainer.augment_on") == "data":  # before `auto`, `data` meant the backend's own place
+        current["trainer.augment_on"] = "auto"
+    return current
 
 
 def same_level(a: object, b: object) -> bool:

@@ -47,8 +47,7 @@ ADDED_KEYS = {
     "augmentation.mixup": "0.0",
     "augmentation.erasing": "0.0",
 }
-# Keys that were merged into another: `trainer.threshold` took over `tune_threshold` and `threshold_rule`.
-MERGED_KEYS = ("trainer.tune_threshold", "trainer.threshold_rule")
+MERGED_KEYS = contract.MERGED_KEYS  # `trainer.threshold` took over `tune_threshold` and `threshold_rule`
 
 
 def _as_logged(identity: dict[str, str]) -> dict[str, str]:

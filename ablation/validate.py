@@ -55,6 +55,8 @@ def _top_level(cfg: DictConfig) -> None:
     _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "a float in [0, 1)")
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an int >= 1")
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an int >= 1")
+    for metric, margin in cfg.verdict.margins.items():
+        _check(0 < margin < 1, f"verdict.margins.{metric}", margin, "a difference in (0, 1) of the metric")
 
 
 def _optimizer(opt: DictConfig) -> None:

@@ -1,5 +1,6 @@
 """Command line: `python -m analysis report [--experiment NAME] [--tracking-uri URI] [--out DIR]
-[--baseline K=V,...] [--sweep RUN_ID | --all-runs] [--replicates N] [--halfwidth H]`."""
+[--baseline K=V,...] [--margin METRIC=X,...] [--sweep RUN_ID | --all-runs] [--replicates N] [--halfwidth H]` and
+`python -m analysis calibrate --experiment NAME [--tracking-uri URI] [--out DIR] [--splits N]`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,36 @@ import logging
 import sys
 from pathlib import Path
 
-from ablation.contract import redact
+from ablation.contract import MARGINS, redact
 from analysis.runs import AnalysisError, load_study, tracking_uri
+
+
+def margins(spec: str) -> dict[str, float]:
+    """`test_auc=0.01,test_accuracy=0.02` (or `auc=0.01`): the practical margin per test metric."""
+    given = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, value = item.partition("=")
+        metric = name.strip() if name.strip().startswith("test_") else f"test_{name.strip()}"
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if metric not in MARGINS or not 0 < number < 1:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected METRIC=X with METRIC one of {', '.join(MARGINS)} and X in (0, 1)"
+            )
+        given[metric] = number
+    return given
+
+
+def _common(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db)",
+    )
+    command.add_argument(
+        "--out", type=Path, help="output folder (default: runs/reports/<experiment>-<sweep id[:8]|all>)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,17 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ablation-report", description=__doc__.split(":")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser(
-        "report", help="ablation tables, figures and an HTML/Markdown report of one sweep or experiment"
+        "report", help="ablation tables, verdicts, figures and an HTML/Markdown report of one sweep or experiment"
     )
     report.add_argument("--experiment", help="MLflow experiment (default: the one with the latest sweep)")
-    report.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db)",
-    )
-    report.add_argument(
-        "--out", type=Path, help="output folder (default: runs/reports/<experiment>-<sweep id[:8]|all>)"
-    )
+    _common(report)
     report.add_argument("--baseline", help="baseline configuration as K=V,... (default: first level of each factor)")
+    report.add_argument(
+        "--margin",
+        type=margins,
+        default={},
+        help="practical margin for 'equivalent' per metric, METRIC=X,... (default test_auc=0.005, "
+        "test_accuracy=0.01; README: verdicts)",
+    )
     report.add_argument(
         "--replicates", type=int, default=2000, help="bootstrap replicates over seeds and test images (default 2000)"
     )
@@ -37,25 +67,51 @@ def main(argv: list[str] | None = None) -> int:
     which = report.add_mutually_exclusive_group()
     which.add_argument("--sweep", metavar="RUN_ID", help="sweep parent run to analyse (default: the latest)")
     which.add_argument("--all-runs", action="store_true", help="every job run of the experiment, not one sweep")
+    calibrate = commands.add_parser(
+        "calibrate", help="the A/A check: the verdict rule's false better/worse rate on random splits of seeds"
+    )
+    calibrate.add_argument("--experiment", required=True, help="MLflow experiment whose job runs to split")
+    _common(calibrate)
+    calibrate.add_argument("--splits", type=int, default=500, help="random splits per arm size (default 500)")
     args = parser.parse_args(argv)
-    if args.replicates < 100 or not 0 < args.halfwidth < 1:
+    if args.command == "report" and (args.replicates < 100 or not 0 < args.halfwidth < 1):
         parser.error(f"--replicates {args.replicates} (an int >= 100) or --halfwidth {args.halfwidth} (in (0, 1))")
+    if args.command == "calibrate" and args.splits < 10:
+        parser.error(f"--splits {args.splits}: an int >= 10")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Imported late so that `--help` and argument errors answer without loading matplotlib.
-    from analysis.report import build_report, default_out
-
     try:
+        if args.command == "calibrate":
+            return _calibrate(args)
+        # Imported late so that `--help` and argument errors answer without loading matplotlib.
+        from analysis.report import build_report, default_out
+
         study = load_study(tracking_uri(args.tracking_uri), args.experiment, args.sweep, args.all_runs)
         out = args.out or default_out(study)
-        written = build_report(study, out, args.baseline, args.replicates, args.halfwidth)
+        written = build_report(study, out, args.baseline, args.replicates, args.halfwidth, args.margin)
     except AnalysisError as error:
-        print(f"analysis report: error: {redact(str(error))}", file=sys.stderr)
+        print(f"analysis {args.command}: error: {redact(str(error))}", file=sys.stderr)
         return 2
     print(f"{len(written.files)} files written to {out}")
     if study.parent_id:
         print(f"logged to run {study.parent_id} under artifact path report/")
     print(f"report: {out / 'report.html'}\n{written.headline}")
+    return 0
+
+
+def _calibrate(args) -> int:
+    """The A/A table of every configuration of the experiment with enough seeds, printed and written as CSV."""
+    from analysis.report import calibration
+
+    study = load_study(tracking_uri(args.tracking_uri), args.experiment, all_runs=True)
+    table = calibration(study, args.splits)
+    out = args.out or Path.cwd() / "runs" / "reports" / f"{study.experiment}-calibration"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "calibration.csv", index=False)
+    shown = table.assign(false_rate=table["false_rate"].round(3), false_low=table["false_low"].round(3))
+    shown = shown.assign(false_high=table["false_high"].round(3), equivalent_rate=table["equivalent_rate"].round(3))
+    print(shown.to_string(index=False))
+    print(f"written: {out / 'calibration.csv'}")
     return 0
 
 

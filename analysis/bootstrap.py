@@ -148,24 +148,16 @@ class Bootstrap:
         A unit is a seed (or a seed and the other factors' levels): its runs are resampled together, so
         a comparison stays paired on the seed as well as on the images.
         """
-        values = self._unit_values(units, coefficients, metric)
-        draw = self._rng(key, metric).integers(0, units.shape[0], size=(self.replicates, units.shape[0]))
-        return np.take_along_axis(values, draw, axis=1).mean(axis=1)
+        return self.resample_seeds(self._unit_values(units, coefficients, metric), (key, metric))
 
-    def images_only(self, units: np.ndarray, coefficients: Sequence[float], metric: str) -> np.ndarray:
-        """The same contrast with the seeds held fixed: what the test images alone contribute."""
-        return self._unit_values(units, coefficients, metric).mean(axis=1)
+    def resample_seeds(self, values: np.ndarray, key: object) -> np.ndarray:
+        """(replicates,): the mean of (replicates, units) unit values under each image draw, over units redrawn with
+        replacement, seeded by `key`."""
+        draw = self._rng(key).integers(0, values.shape[1], size=(self.replicates, values.shape[1]))
+        return np.take_along_axis(values, draw, axis=1).mean(axis=1)
 
     def mean(self, run_ids: Sequence[str], metric: str, key: object) -> np.ndarray:
         return self.contrast(self.columns(run_ids)[:, None], [1.0], metric, key)
-
-    def difference(self, treated: pd.Series, reference: pd.Series, metric: str, key: object) -> np.ndarray:
-        """treated − reference (run ids indexed by seed): paired on the seeds when both have the same ones,
-        else each side's seeds resampled on its own; the images are shared either way."""
-        if treated.index.is_unique and set(treated.index) == set(reference.index):
-            units = np.stack([self.columns(treated.sort_index()), self.columns(reference.sort_index())], axis=1)
-            return self.contrast(units, [1.0, -1.0], metric, key)
-        return self.mean(list(treated), metric, (key, "treated")) - self.mean(list(reference), metric, (key, "ref"))
 
 
 def interval(replicates: np.ndarray) -> tuple[float, float]:

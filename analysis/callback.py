@@ -35,7 +35,8 @@ class SweepReport(Callback):
 
             study = load_study(parent["tracking_uri"], sweep=parent["run_id"])
             out = default_out(study, Path(config.paths.runs))
-            written = build_report(study, out)
+            margins = dict(OmegaConf.select(config, "verdict.margins", default={}) or {})
+            written = build_report(study, out, margins=margins)
         except Exception as error:
             log.exception("report not built")
             print(

@@ -125,9 +125,12 @@ def confusion_matrices(best: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+VERDICT_COLOURS = {"better": "C2", "worse": "C3", "equivalent": "C0", "undecided": "0.55"}
+
+
 def effects_plot(effects: pd.DataFrame, factors: list[str], baseline_label: str, path: Path) -> Path:
-    """Forest plot: difference to the baseline with its 95% bootstrap interval over seeds and test images (the
-    seed-only t-interval where no run logged its predictions); circles paired on the seeds, squares not."""
+    """Forest plot: each configuration's difference to the baseline with the verdict rule's 95% interval (seeds as
+    replicates, the test images as a second noise), coloured by its verdict; none at one paired seed."""
     metrics = [("test_auc", "Δ test ROC AUC"), ("test_accuracy", "Δ test accuracy (fraction)")]
     first = effects[effects["metric"] == metrics[0][0]]
     labels = [label(tuple(r), factors) for r in first[factors].astype(str).itertuples(index=False)]
@@ -135,25 +138,16 @@ def effects_plot(effects: pd.DataFrame, factors: list[str], baseline_label: str,
     y = np.arange(len(labels))[::-1]
     for ax, (metric, xlabel) in zip(axes[0], metrics, strict=True):
         sel = effects[effects["metric"] == metric]
-        booted = sel["boot_low"].notna().to_numpy()
-        bounds = np.where(booted[:, None], sel[["boot_low", "boot_high"]], sel[["ci_low", "ci_high"]])
-        paired = (sel["test"] == "paired t-test").to_numpy()
-        for marker, mask, name in (("o", paired, "paired on seeds"), ("s", ~paired, "unpaired seeds")):
+        for word, colour in VERDICT_COLOURS.items():
+            mask = (sel["verdict"] == word).to_numpy()
             if mask.any():
-                err = np.abs(bounds[mask].T - sel["diff"].to_numpy()[mask])
-                ax.errorbar(
-                    sel["diff"].to_numpy()[mask],
-                    y[mask],
-                    xerr=np.nan_to_num(err),
-                    fmt=marker,
-                    color="C0" if marker == "o" else "C1",
-                    capsize=3,
-                    label=name,
-                )
+                diff = sel["diff"].to_numpy()[mask]
+                err = np.abs(sel[["ci_low", "ci_high"]].to_numpy()[mask].T - diff)
+                ax.errorbar(diff, y[mask], xerr=np.nan_to_num(err), fmt="o", color=colour, capsize=3, label=word)
         ax.axvline(0, color="0.3", lw=1)
         ax.set_xlabel(xlabel)
         ax.set_yticks(y, labels)
     axes[0, 0].legend(loc="best", fontsize=8)
-    fig.suptitle(f"Effect vs baseline ({baseline_label}): mean difference, 95% interval over seeds and test images")
+    fig.suptitle(f"Effect vs baseline ({baseline_label}): mean difference over paired seeds, 95% interval, verdict")
     fig.tight_layout()
     return _save(fig, path)

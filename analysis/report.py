@@ -13,18 +13,17 @@ from pathlib import Path
 import pandas as pd
 
 from ablation.contract import DEFAULT_THRESHOLD, REPORT_ARTIFACT
-from analysis import figures, render
-from analysis.bootstrap import REPLICATES, align
-from analysis.runs import Study
-from analysis.sections import headline, report_blocks, top_index
+from analysis import comparisons, figures, render
+from analysis.bootstrap import REPLICATES, Bootstrap, align
+from analysis.compare import ALPHA
+from analysis.runs import AnalysisError, Study
+from analysis.sections import BEST_ON, headline, report_blocks, top_index
 from analysis.stats import (
     ablation_table,
     choose_baseline,
     config_keys,
-    effects,
     find_factors,
     label,
-    main_effects,
     ordered_configs,
     parse_baseline,
     run_stability,
@@ -32,7 +31,7 @@ from analysis.stats import (
 )
 from analysis.tables import Fetched, Tables
 from analysis.transfer import transfer_runs
-from analysis.verdict import HALFWIDTH, design_effects, verdict
+from analysis.verdict import HALFWIDTH, verdict
 
 
 def default_out(study: Study, runs: Path | None = None) -> Path:
@@ -66,7 +65,7 @@ def _best_per_network(
 ) -> list[dict]:
     by = [figures.NETWORK] if figures.NETWORK in factors else []
     others = [f for f in factors if f not in by]
-    ranked = finished.sort_values("test_auc", ascending=False, na_position="last", kind="stable")
+    ranked = finished.sort_values(BEST_ON, ascending=False, na_position="last", kind="stable")  # on validation
     best = []
     for key in ordered_configs(finished, by):
         run = ranked[config_keys(ranked, by).map(key.__eq__)].iloc[0]
@@ -82,6 +81,7 @@ def _best_per_network(
                 "title": f"{network} ({rest}, seed {seed})",
                 "run_id": run["run_id"],
                 "test_auc": run["test_auc"],
+                "val_auc": run.get(BEST_ON, math.nan),
                 "threshold": DEFAULT_THRESHOLD if math.isnan(run["threshold"]) else float(run["threshold"]),
                 "predictions": predictions.get(run["run_id"], {}).get("test"),
                 "gradcam": gradcam,
@@ -99,9 +99,9 @@ def fetch_predictions(study: Study, finished: pd.DataFrame, tmp: Path) -> dict[s
     return logged
 
 
-def compute_tables(
-    study: Study, baseline_spec: str | None, predictions: dict, replicates: int = REPLICATES, halfwidth=HALFWIDTH
-) -> Tables:
+def _prepared(study: Study, baseline_spec: str | None, predictions: dict):
+    """The finished runs, the factors and their aliases, a design's compared cells, the baseline, and the runs'
+    test predictions on their shared images."""
     finished = study.finished.reset_index(drop=True)
     factors, aliases = find_factors(finished, study.params)
     compared, reference = designed_cells(study.design, finished, factors)
@@ -109,16 +109,43 @@ def compute_tables(
     if reference is not None and not given:  # a designed study's baseline is its design's
         given = dict(zip(factors, reference, strict=True))
     baseline = choose_baseline(finished, factors, given)
-    history = study.histories(finished["run_id"])
     thresholds = dict(zip(finished["run_id"], finished["threshold"].fillna(DEFAULT_THRESHOLD), strict=True))
     test = align({r: p["test"] for r, p in predictions.items() if "test" in p}, thresholds)
-    t_tables = {
-        "ablation": ablation_table(finished, factors),
-        "effects": effects(finished, factors, baseline),
-        "main": main_effects(finished, factors, baseline),
-    }
-    judged = verdict(finished, factors, baseline, t_tables, test, halfwidth, replicates=replicates)
-    designed = design_effects(finished, factors, compared, test, replicates=replicates) if compared else None
+    return finished, factors, aliases, compared, baseline, test
+
+
+def decisions(study: Study, alpha: float, metric: str) -> pd.DataFrame:
+    """The verdicts the headline speaks of (a design's cells, else the main effects) on `metric` at level `alpha`:
+    what `hydra.sweeper.seeds=auto` decides each round on. One row per comparison."""
+    with tempfile.TemporaryDirectory() as tmp:
+        predictions = fetch_predictions(study, study.finished, Path(tmp))
+    finished, factors, _, compared, baseline, test = _prepared(study, None, predictions)
+    boot = Bootstrap(test) if test else None
+    if compared:
+        built = comparisons.designed(finished, factors, compared)
+    else:
+        built = comparisons.main_effects(finished, factors, baseline)
+    judged = comparisons.judge_all(built, finished, boot, metrics=(metric,), alpha=alpha)
+    if judged.empty:
+        return pd.DataFrame(columns=["comparison", "seeds", "diff", "ci_low", "ci_high", "verdict"])
+    names = judged["cell"] if "cell" in judged else judged["factor"] + "=" + judged["level"]
+    shown = judged[["pairs", "diff", "ci_low", "ci_high", "verdict"]].rename(columns={"pairs": "seeds"})
+    return shown.assign(comparison=list(names))[["comparison", "seeds", "diff", "ci_low", "ci_high", "verdict"]]
+
+
+def compute_tables(
+    study: Study,
+    baseline_spec: str | None,
+    predictions: dict,
+    replicates: int = REPLICATES,
+    halfwidth=HALFWIDTH,
+    margins: dict[str, float] | None = None,
+) -> Tables:
+    finished, factors, aliases, compared, baseline, test = _prepared(study, baseline_spec, predictions)
+    history = study.histories(finished["run_id"])
+    table = ablation_table(finished, factors)
+    alpha = (study.design or {}).get("alpha") or ALPHA  # seeds=auto: each look's level (`AutoSeeds.alpha`)
+    judged = verdict(finished, factors, baseline, table, test, compared, halfwidth, margins, replicates, alpha)
     return Tables(
         finished=finished,
         failed=study.failed,
@@ -132,14 +159,14 @@ def compute_tables(
         stability=stability(finished, factors, run_stability(history)),
         verdict=judged,
         design=(study.design or {}).get("design", "grid"),
-        designed=designed,
+        designed=judged.designed,
     )
 
 
 def fetch_artifacts(study: Study, tables: Tables, out: Path, predictions: dict) -> Fetched:
     """Download what else the report needs from the runs; the Grad-CAM panels it shows are copied into `out`."""
     finished = tables.finished
-    top = finished.loc[top_index(finished["test_auc"]), "run_id"]
+    top = finished.loc[top_index(finished[BEST_ON]), "run_id"]
     with tempfile.TemporaryDirectory() as tmp:
         best = _best_per_network(study, finished, tables.factors, predictions, Path(tmp))
         transfer = transfer_runs(finished, tables.factors, predictions)
@@ -191,15 +218,37 @@ class Written:
 
 
 def build_report(
-    study: Study, out: Path, baseline_spec: str | None = None, replicates: int = REPLICATES, halfwidth=HALFWIDTH
+    study: Study,
+    out: Path,
+    baseline_spec: str | None = None,
+    replicates: int = REPLICATES,
+    halfwidth=HALFWIDTH,
+    margins: dict[str, float] | None = None,
 ) -> Written:
-    """Write every output file into `out`; log them to the sweep run when there is one."""
+    """Write every output file into `out`; log them to the sweep run when there is one. `margins`: the practical
+    margin per test metric for "equivalent" (`ablation.contract.MARGINS` by default)."""
     with tempfile.TemporaryDirectory() as tmp:
         predictions = fetch_predictions(study, study.finished, Path(tmp))
-    tables = compute_tables(study, baseline_spec, predictions, replicates, halfwidth)
+    tables = compute_tables(study, baseline_spec, predictions, replicates, halfwidth, margins)
     out.mkdir(parents=True, exist_ok=True)
     fetched = fetch_artifacts(study, tables, out, predictions)
     files = write_tables(tables, fetched, out) + draw_figures(tables, fetched, out) + fetched.gradcams
     files += write_documents(report_blocks(study, tables, fetched), out, study.experiment)
     log_to_parent(study, files)
     return Written(files, headline(tables))
+
+
+def calibration(study: Study, splits: int) -> pd.DataFrame:
+    """`ablation-report calibrate`: the A/A table of the study's configurations with enough seeds."""
+    from analysis.calibrate import MIN_SEEDS, calibrate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        predictions = fetch_predictions(study, study.finished, Path(tmp))
+    finished, factors, _, _, _, test = _prepared(study, None, predictions)
+    table = calibrate(finished, factors, Bootstrap(test) if test else None, splits)
+    if table.empty:
+        raise AnalysisError(
+            f"experiment {study.experiment!r} has no configuration with {MIN_SEEDS} or more finished seeds that logged "
+            "their test predictions (python -m ablation -m study=calibration trains 16)"
+        )
+    return table

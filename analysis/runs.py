@@ -24,11 +24,13 @@ from ablation.contract import (
     DESIGN_FILE,
     ERROR,
     JOB,
+    KEPT_METRICS,
     ONCE_METRICS,
     PARENT,
     ROLE,
     SWEEP,
     TEST_METRICS,
+    as_current,
     default_tracking_uri,
     missing_sqlite_store,
 )
@@ -151,8 +153,8 @@ def _runs_frame(runs: list[Run], params: list[str]) -> pd.DataFrame:
                 "status": r.info.status,
                 "error": r.data.tags.get(ERROR, ""),
                 "start_time": r.info.start_time,
-                **{m: r.data.metrics.get(m, float("nan")) for m in TEST_METRICS + ONCE_METRICS},
-                **{p: r.data.params.get(p) for p in params},
+                **{m: r.data.metrics.get(m, float("nan")) for m in TEST_METRICS + ONCE_METRICS + KEPT_METRICS},
+                **{p: as_current(r.data.params).get(p) for p in params},
             }
             for r in runs
         ]
@@ -194,6 +196,6 @@ def load_study(uri: str, experiment: str | None = None, sweep: str | None = None
     what = f"sweep {parent.info.run_id} of experiment {exp.name!r}" if parent else f"experiment {exp.name!r}"
     if not any(r.info.status == "FINISHED" for r in runs):
         raise AnalysisError(f"{what} has no finished job runs ({len(runs)} job runs in total)")
-    params = sorted({k for r in runs for k in r.data.params})
+    params = sorted({k for r in runs for k in as_current(r.data.params)})
     parent_id = parent.info.run_id if parent else None
     return Study(client, uri, exp.name, parent_id, _runs_frame(runs, params), params, design)

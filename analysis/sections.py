@@ -12,15 +12,12 @@ import pandas as pd
 from ablation.contract import CLASSES, NOT_CONFIGURATION, TEST_METRICS, redact
 from ablation.metrics import METRICS
 from analysis.runs import Study
-from analysis.stats import (
-    config_keys,
-    label,
-    matters,
-)
+from analysis.stats import config_keys, label
 from analysis.tables import Fetched, Tables
 from analysis.transfer import transfer_summary
 
 KEY_METRICS = ("test_auc", "test_accuracy", "test_f1")  # the ones the summary and the report tables show
+HEADLINE_METRICS = ("test_auc", "test_accuracy")  # the ones the headline gives verdicts on
 SHORT_NAMES = {"recall": "recall (sensitivity)", "f1": "F1", "auc": "ROC AUC", "pr_auc": "PR AUC"}
 NAMES = {f"test_{name}": SHORT_NAMES.get(name, name) for name in METRICS}  # a logged test metric as the text calls it
 BASELINE_RULE = (
@@ -53,6 +50,9 @@ def _p(p: float, prefix: str = "") -> str:
     if math.isnan(p):
         return prefix + "—"
     return prefix + ("< 0.001" if p < 0.001 else ("= " if prefix else "") + f"{p:.3f}")
+
+
+BEST_ON = "kept_val_auc"  # "the best" configuration and run are chosen on the kept epoch's validation ROC AUC
 
 
 def top_index(values: pd.Series):
@@ -90,66 +90,97 @@ def _data_record_blocks(record: dict | None, run_id: str) -> list:
     return blocks
 
 
-def _decided(main: pd.DataFrame) -> pd.Series:
-    """Which rows the headline calls real: Holm-adjusted bootstrap p < 0.05 (per metric, over all main effects);
-    where no run logged its test predictions, the t-interval excluding 0 or raw p < 0.05."""
-    if main["p_holm"].notna().any():
-        return main["p_holm"] < 0.05
-    return matters(main["diff_ci_low"], main["diff_ci_high"], main["p_value"])
+RULE = (
+    "each comparison judged on the configuration: seeds as the replicates, the test images as a second source of "
+    "noise; Holm per metric; 95% intervals"
+)
 
 
-def _summary(factors, table, main, baseline, designed: list[str] | None = None) -> list[str]:
-    """The answer first: best configuration, then which factors matter, by Holm-adjusted p-values; in a designed
-    study (`designed`: its lines), the design's own comparisons instead of main effects."""
-    best = table.loc[top_index(table["test_auc_mean"])]
-    key = tuple(best[factors].astype(str))
-    ci = {m: _ci(best[f"{m}_mean"], best[f"{m}_boot_low"], best[f"{m}_boot_high"]) for m in KEY_METRICS}
-    seeds = "1 seed" if best["n"] == 1 else f"{int(best['n'])} seeds"
-    lines = [
-        f"**Best configuration:** {label(key, factors)}: test ROC AUC {ci['test_auc']}, "
-        f"accuracy {ci['test_accuracy']} ({seeds}; 95% interval over seeds and test images in brackets)."
-    ]
-    if not factors:
-        lines.append("No param varies across the finished runs: one configuration, nothing to compare.")
-        return lines
-    if designed:
-        lines += designed
+def _what(row: pd.Series) -> str:
+    """How a headline names a comparison: a design's cell, a factor's level, or a configuration."""
+    if "cell" in row and isinstance(row["cell"], str):
+        return _cell_name(row["cell"])
+    if "factor" in row and isinstance(row.get("factor"), str):
+        return f"{row['factor']} {row['level']} (vs {row['reference']})"
+    return str(row.get("configuration", ""))
+
+
+def _claim(row: pd.Series) -> str:
+    """One decided comparison as the headline says it."""
+    name, word = NAMES[row["metric"]], row["verdict"]
+    seeds = f"{int(row['pairs'])} seeds"
+    if word == "equivalent":
+        return f"{_what(row)}: equivalent within ±{row['margin']:g} {name} ({_num(row['diff'], sign=True)}, {seeds})"
+    low, high = ("diff_ci_low", "diff_ci_high") if "diff_ci_low" in row else ("ci_low", "ci_high")  # main effects
+    return f"{_what(row)}: {word}, {name} {_ci(row['diff'], row[low], row[high], sign=True)}, {seeds}"
+
+
+def _undecided(rows: pd.DataFrame) -> str:
+    """The undecided comparisons in one line, with the paired seeds the planning says would decide them."""
+    needed = rows["seeds_needed"].replace([math.inf], math.nan)
+    what = ", ".join(dict.fromkeys(_what(r) for _, r in rows.iterrows()))
+    if needed.notna().any():
+        advice = f"about {int(needed.max())} paired seeds would decide them all (`planning.csv`)"
+    elif (rows["seeds_needed"] == math.inf).any():
+        advice = "the test set itself is too small to decide some of them, however many seeds"
     else:
-        lines += _main_effect_lines(main)
-    if table["n"].min() < 3:
-        lines.append(
-            f"Few seeds (n = {int(table['n'].min())} in some configuration): the bootstrap's seed level can only "
-            "redraw those seeds and understates seed-to-seed noise; the seed-only t-tests in the tables are the "
-            "conservative reading, and 'How sure' says how many seeds a claim needs."
-        )
-    lines.append(f"Baseline for the effects table: **{label(baseline, factors)}** ({BASELINE_RULE}).")
+        advice = "run at least 3 seeds per configuration so that their spread can be measured"
+    metrics = ", ".join(NAMES[m] for m in dict.fromkeys(rows["metric"]))
+    return f"**Undecided** ({len(rows)} on {metrics}): {what}; {advice}."
+
+
+def verdict_lines(judged: pd.DataFrame) -> list[str]:
+    """The decided comparisons on the key metrics by their word, then the undecided ones summed up."""
+    shown = judged[judged["metric"].isin(HEADLINE_METRICS) & judged["verdict"].notna()]
+    decided = shown[shown["verdict"] != "undecided"]
+    lines = ["; ".join(_claim(r) for _, r in decided.iterrows())] if len(decided) else []
+    undecided = shown[shown["verdict"] == "undecided"]
+    if len(undecided):
+        lines.append(_undecided(undecided))
     return lines
 
 
-def _main_effect_lines(main: pd.DataFrame) -> list[str]:
-    """Which factors matter by their main effects, then each level's comparison on the key metrics."""
+def _judged(tables: Tables) -> pd.DataFrame:
+    """The comparisons the headline speaks of: a design's cells, else the main effects."""
+    if _is_designed(tables):
+        return tables.designed
+    return tables.main[tables.main["test"] != "reference"] if len(tables.main) else tables.main
+
+
+def _best(table: pd.DataFrame) -> pd.Series:
+    """The configuration with the best kept validation ROC AUC (test ROC AUC only where no run logged one)."""
+    on_validation = table[f"{BEST_ON}_mean"].notna().any()
+    return table.loc[top_index(table[f"{BEST_ON}_mean" if on_validation else "test_auc_mean"])], on_validation
+
+
+def _summary(tables: Tables) -> list[str]:
+    """The answer first: the verdicts, then the best configuration (chosen on validation) and its test figures."""
+    factors, table = tables.factors, tables.ablation
     lines = []
-    shown = main[main["metric"].isin(KEY_METRICS) & (main["test"] != "reference")]
-    decided = _decided(shown)
-    real = shown[decided]
-    parts = [
-        f"{f} ({', '.join(NAMES[m] for m in KEY_METRICS if m in set(g['metric']))})"
-        for f, g in real.groupby("factor", sort=False)
-    ]
-    rule = "Holm-adjusted p < 0.05 per metric, from the bootstrap over seeds and test images"
-    lines.append(
-        f"**Factors that matter** ({rule}): {'; '.join(parts)}."
-        if parts
-        else f"**No factor** has a main effect on ROC AUC, accuracy or F1 with {rule}."
+    if factors:
+        judged = _judged(tables)
+        words = verdict_lines(judged) if len(judged) and "verdict" in judged else []
+        lines.append(
+            f"**Verdicts** ({RULE}): " + (words[0] if words and not words[0].startswith("**") else "none decided.")
+        )
+        lines += [w for w in words if w.startswith("**Undecided")]
+    best, on_validation = _best(table)
+    key = tuple(best[factors].astype(str))
+    ci = {m: _ci(best[f"{m}_mean"], best[f"{m}_boot_low"], best[f"{m}_boot_high"]) for m in KEY_METRICS}
+    seeds = "1 seed" if best["n"] == 1 else f"{int(best['n'])} seeds"
+    chosen = (
+        f"chosen on validation, ROC AUC {_num(best[f'{BEST_ON}_mean'])}"
+        if on_validation
+        else "chosen on test: no run logged its validation ROC AUC"
     )
-    for (f, level), g in shown.groupby(["factor", "level"], sort=False):
-        bits, by_metric = [], {r["metric"]: (i, r) for i, r in g.iterrows()}
-        for i, r in (by_metric[m] for m in KEY_METRICS):
-            booted = not math.isnan(r["p_holm"])
-            low, high = (r["boot_low"], r["boot_high"]) if booted else (r["diff_ci_low"], r["diff_ci_high"])
-            p = _p(r["p_holm"], "p_holm ") if booted else _p(r["p_value"], "p ")
-            bits.append(f"{NAMES[r['metric']]} {_ci(r['diff'], low, high, sign=True)}, {p}{' ✔' if decided[i] else ''}")
-        lines.append(f"{f} = {level} vs {g['reference'].iloc[0]} ({int(g['pairs'].iloc[0])} pairs): " + "; ".join(bits))
+    lines.append(
+        f"**Best configuration** ({chosen}): {label(key, factors)}: test ROC AUC {ci['test_auc']}, "
+        f"accuracy {ci['test_accuracy']} ({seeds}; 95% interval over seeds and test images in brackets)."
+    )
+    if not factors:
+        lines.append("No param varies across the finished runs: one configuration, nothing to compare.")
+        return lines
+    lines.append(f"Baseline for the effects table: **{label(tables.baseline, factors)}** ({BASELINE_RULE}).")
     return lines
 
 
@@ -165,42 +196,58 @@ def _shown_ablation(table: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
     for m in TEST_METRICS:
         columns = [f"{m}_{c}" for c in ("mean", "boot_low", "boot_high", "ci_low", "ci_high")]
         shown[NAMES[m]] = [_both(*v) for v in table[columns].to_numpy()]
-    best = top_index(table["test_auc_mean"])
+    best = top_index(table[f"{BEST_ON}_mean"] if table[f"{BEST_ON}_mean"].notna().any() else table["test_auc_mean"])
     shown.loc[best, NAMES["test_auc"]] = "★ " + shown.loc[best, NAMES["test_auc"]]
     return shown
 
 
+def _p_improve(row) -> str:
+    if math.isnan(row["p_improve"]):
+        return "—"
+    return f"{row['p_improve']:.2f} [{row['p_improve_low']:.2f},\u00a0{row['p_improve_high']:.2f}]"
+
+
+def _seeds_needed(x: float) -> str:
+    return "—" if math.isnan(x) else "test set too small" if math.isinf(x) else f"{x:.0f}"
+
+
+def _judged_columns(judged: pd.DataFrame, low: str = "ci_low", high: str = "ci_high") -> dict:
+    """The columns every judged table shows: Δ [95%], the verdict, p (Holm), P(improvement), seeds needed."""
+    return {
+        "Δ [95%]": [_ci(*v, sign=True) for v in judged[["diff", low, high]].to_numpy()],
+        "verdict": judged["verdict"].fillna("—"),
+        "p (Holm)": judged["p_holm"].map(_p),
+        "P(better) [95%]": [_p_improve(r) for _, r in judged.iterrows()],
+        "seeds to decide": judged["seeds_needed"].map(_seeds_needed),
+    }
+
+
 def _shown_main(main: pd.DataFrame) -> pd.DataFrame:
     main = main[main["metric"].isin(KEY_METRICS)]
-    return pd.DataFrame(
+    shown = pd.DataFrame(
         {
             "factor": main["factor"],
             "level": main["level"],
             "n": main["n"],
             "metric": main["metric"].map(NAMES),
             "mean [95% t-CI]": [_ci(*v) for v in main[["mean", "ci_low", "ci_high"]].to_numpy()],
-            "Δ vs reference [95% t-CI]": [
-                _ci(*v, sign=True) for v in main[["diff", "diff_ci_low", "diff_ci_high"]].to_numpy()
-            ],
-            "p (t)": main["p_value"].map(_p),
-            "Δ [95% bootstrap]": [_ci(*v, sign=True) for v in main[["diff", "boot_low", "boot_high"]].to_numpy()],
-            "p (bootstrap)": main["p_boot"].map(_p),
-            "p (Holm)": main["p_holm"].map(_p),
-            "test": main["test"],
-            "pairs": [str(n) if n else "—" for n in main["pairs"]],
+            "seeds (pairs)": [str(int(n)) if n == n else "—" for n in main["pairs"]],
         }
     )
+    for column, values in _judged_columns(main, "diff_ci_low", "diff_ci_high").items():
+        shown[column] = list(values)
+    reference = (main["test"] == "reference").to_numpy()
+    shown.loc[reference, ["Δ [95%]", "verdict", "p (Holm)", "P(better) [95%]", "seeds to decide"]] = "reference"
+    return shown
 
 
 def _shown_effects(eff: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
     first = eff[eff["metric"] == KEY_METRICS[0]]
-    shown = first[factors + ["n"]].reset_index(drop=True)
+    shown = first[[*factors, "n", "pairs"]].reset_index(drop=True)
     for m in KEY_METRICS:
-        shown[f"Δ {NAMES[m]} [95%] (p_holm)"] = [
-            f"{_both(r.diff, r.boot_low, r.boot_high, r.ci_low, r.ci_high, sign=True)} ({_p(r.p_holm, 'p_holm ')})"
-            for r in eff[eff["metric"] == m].itertuples()
+        shown[f"Δ {NAMES[m]} [95%]: verdict"] = [
+            f"{_ci(r.diff, r.ci_low, r.ci_high, sign=True)}: {r.verdict}" for r in eff[eff["metric"] == m].itertuples()
         ]
-    shown["t-test"] = first["test"].to_numpy()
     return shown
 
 
@@ -229,10 +276,9 @@ def _designed_rows(tables: Tables) -> pd.DataFrame:
 
 
 def _designed_line(row: pd.Series) -> str:
-    interval = _both(*row[["diff", "boot_low", "boot_high", "ci_low", "ci_high"]], sign=True)
-    mark = " ✔" if row["p_holm"] < 0.05 else ""
-    p = _p(row["p_holm"], "p_holm ")
-    return f"{_cell_name(row['cell'])}: test ROC AUC {interval} ({p}, n = {int(row['n'])}){mark}"
+    interval = _ci(row["diff"], row["ci_low"], row["ci_high"], sign=True)
+    p, seeds = _p(row["p_holm"], "p_holm "), int(row["pairs"])
+    return f"{_cell_name(row['cell'])}: {row['verdict']}, test ROC AUC {interval} ({p}, {seeds} seeds)"
 
 
 def _is_designed(tables: Tables) -> bool:
@@ -247,16 +293,14 @@ def _design_blocks(tables: Tables) -> list:
     shown = pd.DataFrame({"cell": [_cell_name(c) for c in order]})
     for m in KEY_METRICS:
         rows = eff[eff["metric"] == m].set_index("cell").loc[order]
-        shown[f"Δ {NAMES[m]} [95%] (p_holm)"] = [
-            f"{_both(r.diff, r.boot_low, r.boot_high, r.ci_low, r.ci_high, sign=True)} ({_p(r.p_holm, 'p_holm ')})"
-            for r in rows.itertuples()
+        shown[f"Δ {NAMES[m]} [95%]: verdict"] = [
+            f"{_ci(r.diff, r.ci_low, r.ci_high, sign=True)}: {r.verdict}" for r in rows.itertuples()
         ]
-    shown["n"] = list(eff[eff["metric"] == KEY_METRICS[0]].set_index("cell").loc[order, "n"])
+    shown["seeds"] = list(eff[eff["metric"] == KEY_METRICS[0]].set_index("cell").loc[order, "pairs"])
     note = (
-        " Intervals: bootstrap over seeds and test images; Holm per metric over these comparisons (✔: p_holm < "
-        "0.05). They are the design's answer, so the report shows no main effects: in this design each factor's "
-        "other level exists only in its own cell, and pooling would repeat these comparisons with other "
-        "resamples (`main_effects.csv` and `effects_table.csv` still hold them)."
+        f" Verdicts: {RULE}. They are the design's answer, so the report shows no main effects: in this design each "
+        "factor's other level exists only in its own cell, and pooling would repeat these comparisons "
+        "(`main_effects.csv` and `effects_table.csv` still hold them)."
     )
     return [
         ("h2", title),
@@ -267,12 +311,11 @@ def _design_blocks(tables: Tables) -> list:
 
 
 def headline(tables: Tables) -> str:
-    """The report's answer in one line: what a designed study found, else the best configuration."""
-    if _is_designed(tables) and len(tables.designed):
-        rows = _designed_rows(tables)
-        first = rows.iloc[0] if tables.design == "loco" else rows.loc[rows["diff"].abs().idxmax()]
-        return f"{DESIGNS[tables.design][0]}: " + _designed_line(first)
-    return _summary(tables.factors, tables.ablation, tables.main, tables.baseline)[0].replace("**", "")
+    """The report's answer in one line: the decided comparisons by their word and the undecided ones summed up
+    (a design's cells, else the main effects), then the best configuration, chosen on validation."""
+    lines = [line.replace("**", "") for line in _summary(tables)]
+    design = f"{DESIGNS[tables.design][0]}: " if _is_designed(tables) else ""
+    return design + " ".join(line for line in lines if not line.startswith("Baseline"))
 
 
 def _verdict_blocks(tables: Tables) -> list:
@@ -297,7 +340,8 @@ def _verdict_blocks(tables: Tables) -> list:
                 "Per configuration, the mean of its seeds' test probabilities per image, at the runs' threshold; "
                 "what it adds over the mean of its single runs on the same images. Against the baseline's "
                 "ensemble: DeLong's paired test of ROC AUC and McNemar's exact test of accuracy, Holm-adjusted per "
-                "metric (`ensemble_effects.csv`).",
+                "metric (`ensemble_effects.csv`). These tests compare the trained models (these ensembles), not the "
+                "configurations: they never give a verdict word and never reach the headline.",
             ),
             ("table", shown),
         ]
@@ -311,6 +355,7 @@ def _verdict_blocks(tables: Tables) -> list:
             ee["test"] = e["test"]
             blocks.append(("table", ee))
     blocks += _planning_blocks(v.planning, factors, v.halfwidth)
+    blocks += _calibration_blocks(v.calibration)
     if v.interactions is not None:
         blocks += _interaction_blocks(v.interactions, v.anova)
     return blocks
@@ -331,6 +376,7 @@ def _planning_blocks(planning: pd.DataFrame, factors: list[str], halfwidth: floa
     table[f"seeds for ±{halfwidth:g}"] = shown["seeds_for_halfwidth"].map(
         lambda x: "—" if math.isnan(x) else f"{x:.0f}"
     )
+    table["paired seeds to decide"] = shown["seeds_needed"].map(_seeds_needed)
     return [
         heading,
         (
@@ -338,8 +384,10 @@ def _planning_blocks(planning: pd.DataFrame, factors: list[str], halfwidth: floa
             "Per configuration versus the baseline: the spread of a per-seed difference, the half-width of its "
             "95% t-interval now, the half-width the 624 test images alone impose (more seeds do not shrink it), "
             "the smallest true difference a paired t-test at 5% detects with 80% power at this many seeds, and "
-            f"the seeds an interval of ±{halfwidth:g} needs (`--halfwidth`). A difference smaller than the "
-            "test-image half-width cannot be settled on this test set, however many seeds.",
+            f"the seeds an interval of ±{halfwidth:g} needs (`--halfwidth`), and the paired seeds at which the verdict "
+            "rule would decide the comparison if the spreads stayed as measured (pooled over the configurations' "
+            "seeds where this one has fewer than two). A difference smaller than the test-image half-width cannot "
+            "be settled on this test set, however many seeds.",
         ),
         ("table", table),
     ]
@@ -354,10 +402,11 @@ def _interaction_blocks(interactions: pd.DataFrame, anova_table: pd.DataFrame | 
                 for r in shown.itertuples()
             ],
             "metric": shown["metric"].map(NAMES),
-            "blocks": shown["n"],
-            "difference of differences [95% bootstrap]": [
-                _both(*v, sign=True) for v in shown[["diff", "boot_low", "boot_high", "ci_low", "ci_high"]].to_numpy()
+            "seeds": shown["pairs"],
+            "difference of differences [95%]": [
+                _ci(*v, sign=True) for v in shown[["diff", "ci_low", "ci_high"]].to_numpy()
             ],
+            "verdict": shown["verdict"],
             "p (Holm)": shown["p_holm"].map(_p),
         }
     )
@@ -366,7 +415,8 @@ def _interaction_blocks(interactions: pd.DataFrame, anova_table: pd.DataFrame | 
         (
             "p",
             "In a full factorial: how much one factor's effect changes with another's level, (a, b) − (a₀, b) − "
-            "(a, b₀) + (a₀, b₀), over the blocks (other factors' levels and seed) that hold all four cells.",
+            "(a, b₀) + (a₀, b₀), per seed over the blocks (other factors' levels) that hold all four cells; "
+            f"{RULE}.",
         ),
         ("table", table),
     ]
@@ -431,37 +481,69 @@ def _transfer_blocks(per_run: pd.DataFrame, finished: pd.DataFrame, factors: lis
     ]
 
 
+def _calibration_blocks(calibration: pd.DataFrame) -> list:
+    """The A/A check, where a configuration has enough seeds (`analysis.calibrate`)."""
+    if calibration.empty:
+        return []
+    shown = calibration[["configuration", "seeds", "metric", "k", "splits"]].copy()
+    shown["metric"] = shown["metric"].map(NAMES)
+    shown["false better/worse [95%]"] = [
+        _ci(*v) for v in calibration[["false_rate", "false_low", "false_high"]].to_numpy()
+    ]
+    shown["equivalent"] = calibration["equivalent_rate"].map(_num)
+    return [
+        ("h2", "A/A check: the verdict rule on random splits of one configuration's seeds"),
+        (
+            "p",
+            "Each configuration with enough seeds, split at random into two arms of k seeds, many times: nothing "
+            "differs between the arms, so every 'better' or 'worse' is a false positive. The rule should say it at "
+            "most 5% of the time at every k (at k = 1 it makes no claim). Interval: Wilson's, over the splits "
+            "(`calibration.csv`; `ablation-report calibrate`).",
+        ),
+        ("table", shown),
+    ]
+
+
 def _method(aliases: dict[str, list[str]], replicates: int) -> list[str]:
     found = "; ".join(f"{f} (same split as {', '.join(a)})" if a else f for f, a in aliases.items())
     return [
         f"Factors: the params that vary across the finished runs, one per distinct split: {found or 'none'}. "
         "Never factors: `seed` (the replicate) and params splitting the runs like it, and what is not part of "
         f"a configuration: {', '.join(f'`{key}`' for key in NOT_CONFIGURATION)}.",
-        f"Intervals shown: 95% percentile intervals of a hierarchical bootstrap ({replicates} replicates, seed 0): "
-        "in each replicate the test images are drawn with replacement once, shared by every run, then each "
-        "configuration's seeds are drawn with replacement; at n = 1 it is the test-image bootstrap alone. The "
-        "seed-only Student-t intervals (df = n − 1; none at n = 1) are the `_ci_` columns of the CSV files.",
-        "Effects: configuration − baseline with both sides resampled together (the same seeds where they match, "
-        "the same images); p_boot = twice the smaller share of replicates on either side of 0. The t-based "
-        "columns keep the paired t-test (same seeds) or Welch's t-test.",
-        f"Default baseline: {BASELINE_RULE}.",
-        "Main effects: each level against the reference level of its factor, paired on the other factors' "
-        "levels and seed (independent resampling when fewer than two runs match). Multiple comparisons: Holm "
-        "over all rows of a table, per metric (statsmodels' multipletests), in `p_holm`; a factor matters when "
-        "its Holm-adjusted p < 0.05.",
+        "Verdicts: every comparison (each configuration against the baseline, main effects, a design's cells, "
+        "interactions) is judged on the configuration. Per paired seed, the difference of the two sides (a main "
+        "effect averages it over the other factors' levels, an interaction is a difference of differences). "
+        "Interval: Δ ± sqrt(t² s²/n + z² V), where s²/n is the seed part (Student's t with n − 1 degrees of freedom: "
+        "exact for 2 or 3 seeds, where a normal quantile is far too narrow) and V the test images' variance of the "
+        "mean difference, from the shared image draws of the bootstrap with the seeds held (the seeds cannot see it: "
+        "every run is scored on the same images). Adding the two half-widths in quadrature keeps each part's own "
+        "quantile; Satterthwaite's pooled degrees of freedom under-covered at 2 seeds in our simulations. "
+        "p-value: the level at which the interval reaches 0; Holm per metric over a table (`p_holm`). "
+        "**better** / **worse**: p_holm < 0.05; **equivalent**: two one-sided tests against the metric's margin "
+        "(`margin`), Holm-adjusted too; **undecided** otherwise, and always with fewer than two paired seeds. "
+        "Measured: false better/worse at most 1.4% at 2, 3 and 5 seeds in 2,000 simulated null studies each, and "
+        "the A/A check on the images (docs/verdicts.md).",
+        "P(better): the share of paired seeds whose difference favours the first side (ties ½, as rliable), with "
+        "Wilson's interval. Seeds to decide: the paired seeds at which the rule would decide, with the spreads as "
+        "measured.",
+        f"Other intervals: each configuration's 95% percentile interval of a hierarchical bootstrap ({replicates} "
+        "replicates, seed 0: the test images drawn with replacement once, shared by every run, then the seeds), "
+        "`boot_low/high` and `p_boot` of the comparison tables likewise (descriptive: with one or two seeds the seed "
+        "level has almost nothing to redraw, so they never decide); the seed-only Student-t intervals of the "
+        "ablation table, clipped to the metric's range, are its `_ci_` columns.",
+        f"Default baseline: {BASELINE_RULE}. The best configuration and the best run per network are chosen on the "
+        "kept epoch's validation ROC AUC, never on test.",
         "Seed ensembles: the mean test probability over a configuration's seeds; ROC AUC interval and paired "
-        "test by DeLong's method (fast midrank form), accuracy by McNemar's exact test.",
-        "How many seeds: from the spread of the per-seed paired differences, the smallest difference a "
-        "two-sided paired t-test at 5% detects with 80% power (statsmodels' TTestPower) and the seeds a "
-        "t-interval of the chosen half-width needs.",
+        "test by DeLong's method (fast midrank form), accuracy by McNemar's exact test: model-level tests, no "
+        "verdict.",
         f"Stability: {STABILITY_RULE}.",
         "Failed and killed runs are listed and never averaged in.",
     ]
 
 
-def _design_summary(tables: Tables) -> list[str] | None:
+def _design_summary(tables: Tables) -> list[str]:
     if not _is_designed(tables):
-        return None
+        return []
     lines = [_designed_line(r) for _, r in _designed_rows(tables).iterrows()]
     return [f"**{DESIGNS[tables.design][0]}** (versus the baseline): " + "; ".join(lines) + "."]
 
@@ -478,13 +560,13 @@ def _overview_blocks(study: Study, tables: Tables) -> list:
             f"configurations, {len(tables.failed)} failed/killed run(s) excluded. Tracking URI "
             f"`{redact(study.tracking_uri)}`; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         ),
-        ("lead", _summary(factors, table, tables.main, tables.baseline, _design_summary(tables))),
+        ("lead", _summary(tables) + _design_summary(tables)),
         ("h2", "Ablation table"),
         (
             "p",
             "Test-set metrics per configuration: mean over seeds [95% interval over seeds and test images, a "
-            "hierarchical bootstrap]; ★ = best ROC AUC. The seed-only t-intervals are the `_ci_` columns of "
-            "`ablation_table.csv`.",
+            "hierarchical bootstrap]; ★ = the best configuration, chosen on the kept validation ROC AUC. The seed-only "
+            "t-intervals are the `_ci_` columns of `ablation_table.csv`.",
         ),
         ("table", _shown_ablation(table, factors)),
     ]
@@ -505,8 +587,8 @@ def _effect_blocks(tables: Tables) -> list:
             (
                 "p",
                 "Each level of a factor pooled over the other factors and seeds, and its difference to the "
-                "reference level (the baseline's), paired on (other factors, seed) over the runs that "
-                "have a partner; pairs = number of such pairs.",
+                "reference level (the baseline's): per seed, averaged over the other factors' levels where both "
+                f"cells ran; {RULE}.",
             ),
             ("table", _shown_main(tables.main)),
         ]
@@ -515,10 +597,9 @@ def _effect_blocks(tables: Tables) -> list:
             ("h2", "Effects versus the baseline"),
             (
                 "p",
-                f"Configuration − baseline ({label(tables.baseline, factors)}): mean difference [95% bootstrap "
-                "interval, both sides resampled together: the same seeds where they match, the same test images] "
-                "and its Holm-adjusted p. The t-test column names the seed-only test of `effects_table.csv` "
-                "(paired where the seeds match, else Welch's).",
+                f"Configuration − baseline ({label(tables.baseline, factors)}), paired on the seed: mean difference "
+                f"[95% interval] and the verdict; {RULE} (`effects_table.csv` holds p, P(better) and the seeds that "
+                "would decide it).",
             ),
             ("img", "effects.png", "Forest plot of the effects versus the baseline"),
             ("table", _shown_effects(tables.effects, factors)),
@@ -530,8 +611,9 @@ def _best_run_blocks(fetched: Fetched) -> list:
     best = fetched.best
     best_table = pd.DataFrame(
         {
-            "network": [b["title"] for b in best],
+            "network (best run on validation)": [b["title"] for b in best],
             "run": [b["run_id"] for b in best],
+            "validation ROC AUC": [_num(b["val_auc"]) for b in best],
             "test ROC AUC": [_num(b["test_auc"]) for b in best],
             "threshold": [_num(b["threshold"], 2) for b in best],
             "predictions": ["logged" if b["predictions"] is not None else "missing" for b in best],

@@ -1,15 +1,14 @@
 """Statistics behind `python -m analysis report`: pure functions on the runs DataFrame of `analysis.runs`.
 
 Conventions: a configuration is one combination of factor values (a tuple of strings, in `factors`
-order); seeds are its replicates. Every interval is a two-sided 95% Student-t interval.
+order); seeds are its replicates. A configuration's interval is a two-sided 95% Student-t interval over its seeds,
+clipped to the metric's range; the comparisons between configurations are `analysis.comparisons`'.
 """
 
 from __future__ import annotations
 
 import gc
-import itertools
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from ablation.contract import TEST_METRICS, is_configuration_key, same_level
+from ablation.contract import KEPT_METRICS, TEST_METRICS, is_configuration_key, same_level
 from analysis.runs import AnalysisError
 
 LEVEL = 0.95
@@ -27,7 +26,6 @@ REPLICATE = "seed"
 UNSET = "(unset)"
 OFF = {"none", "false", "off", "no", "null", "0", "0.0", ""}
 NAN3 = (math.nan, math.nan, math.nan)
-COMPARISON = ["diff", "ci_low", "ci_high", "p_value", "test", "pairs"]
 
 
 def find_factors(runs: pd.DataFrame, params: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -77,8 +75,9 @@ def label(key: tuple, factors: list[str]) -> str:
     return ", ".join(f"{f}={v}" for f, v in zip(factors, key, strict=True)) or "all runs"
 
 
-def t_interval(values) -> tuple[float, float, float]:
-    """(mean, low, high); the bounds are NaN below two values."""
+def t_interval(values, bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float, float]:
+    """(mean, low, high) of a metric over seeds, clipped to its range `bounds` (the truth lies in it, so clipping
+    loses no coverage); the interval is NaN below two values."""
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
     if len(x) == 0:
@@ -87,46 +86,12 @@ def t_interval(values) -> tuple[float, float, float]:
     if len(x) < 2:
         return mean, math.nan, math.nan
     half = stats.t.ppf((1 + LEVEL) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return mean, mean - half, mean + half
-
-
-def compare(treated: pd.Series, reference: pd.Series, partial: bool = False) -> dict:
-    """treated − reference with CI and p-value.
-
-    The index holds the pairing key (seed, or seed plus the other factors' levels). Paired t-test when
-    the keys are unique on both sides, at least two are shared and, unless `partial`, both sides hold
-    exactly the same keys (with `partial`, runs without a partner are left out); otherwise Welch's
-    t-test on all values.
-    """
-    treated, reference = treated.dropna(), reference.dropna()
-    unique = treated.index.is_unique and reference.index.is_unique
-    common = treated.index.intersection(reference.index, sort=False) if unique else []
-    if len(common) >= 2 and (partial or len(common) == len(treated) == len(reference)):
-        treated, reference = treated[common], reference[common]
-        diff, low, high = t_interval(treated - reference)
-        with warnings.catch_warnings():  # identical pairs: p is NaN, which is the honest answer
-            warnings.simplefilter("ignore", RuntimeWarning)
-            p = stats.ttest_rel(treated, reference).pvalue
-        return dict(diff=diff, ci_low=low, ci_high=high, p_value=float(p), test="paired t-test", pairs=len(common))
-    diff = treated.mean() - reference.mean()
-    n1, n2 = len(treated), len(reference)
-    if min(n1, n2) < 2:
-        return dict(diff=diff, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, test="n = 1: no interval", pairs=0)
-    v1, v2 = treated.var(ddof=1) / n1, reference.var(ddof=1) / n2
-    se = math.sqrt(v1 + v2)
-    if se == 0:
-        low = high = diff
-    else:  # Welch–Satterthwaite degrees of freedom
-        df = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))
-        half = stats.t.ppf((1 + LEVEL) / 2, df) * se
-        low, high = diff - half, diff + half
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = stats.ttest_ind(treated, reference, equal_var=False).pvalue
-    return dict(diff=diff, ci_low=low, ci_high=high, p_value=float(p), test="Welch t-test", pairs=0)
+    return mean, max(mean - half, bounds[0]), min(mean + half, bounds[1])
 
 
 def ablation_table(runs: pd.DataFrame, factors: list[str], metrics=TEST_METRICS) -> pd.DataFrame:
+    """One row per configuration: the seeds, each test metric's mean and t-interval, and the kept epoch's
+    validation metrics (`kept_val_auc_mean`: what "the best configuration" is chosen on)."""
     keys = config_keys(runs, factors)
     rows = []
     for key in ordered_configs(runs, factors):
@@ -134,6 +99,8 @@ def ablation_table(runs: pd.DataFrame, factors: list[str], metrics=TEST_METRICS)
         row = {**dict(zip(factors, key, strict=True)), "n": len(group)}
         for m in metrics:
             row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = t_interval(group[m])
+        for m in KEPT_METRICS:
+            row[f"{m}_mean"] = float(group[m].mean()) if m in group else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -170,68 +137,6 @@ def choose_baseline(runs: pd.DataFrame, factors: list[str], given: dict[str, str
             first = min((c[i] for c in candidates), key=level_key)
             candidates = [c for c in candidates if c[i] == first]
     return candidates[0]
-
-
-def keyed_by_seed(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """runs indexed by the pairing key: `columns` plus seed (the run id when there is no seed)."""
-    key = [*columns, REPLICATE] if REPLICATE in runs else ["run_id"]
-    values = runs[key].fillna(UNSET).astype(str).itertuples(index=False)
-    return runs.set_axis(["|".join(v) for v in values], axis=0)
-
-
-def effects(runs: pd.DataFrame, factors: list[str], baseline: tuple, metrics=TEST_METRICS) -> pd.DataFrame:
-    """Every other configuration minus the baseline, per metric (long format)."""
-    keys = config_keys(runs, factors)
-    base = keyed_by_seed(runs[keys.map(baseline.__eq__)], [])
-    rows = []
-    for key in ordered_configs(runs, factors):
-        if key == baseline:
-            continue
-        group = keyed_by_seed(runs[keys.map(key.__eq__)], [])
-        for m in metrics:
-            rows.append(
-                {
-                    **dict(zip(factors, key, strict=True)),
-                    "metric": m,
-                    "n": len(group),
-                    "n_baseline": len(base),
-                    **compare(group[m], base[m]),
-                }
-            )
-    return pd.DataFrame(rows, columns=[*factors, "metric", "n", "n_baseline", *COMPARISON])
-
-
-def main_effects(runs: pd.DataFrame, factors: list[str], baseline: tuple, metrics=TEST_METRICS) -> pd.DataFrame:
-    """Per factor and level: mean and t-interval over all finished runs at that level (the other
-    factors and seeds pooled), and the difference to the baseline's level of that factor, paired on
-    (other factors' levels, seed) over the runs that have such a partner."""
-    rows = []
-    for i, f in enumerate(factors):
-        values = runs[f].fillna(UNSET).astype(str)
-        keyed = keyed_by_seed(runs, [g for g in factors if g != f])
-        reference = keyed[(values == baseline[i]).to_numpy()]
-        for level in sorted(values.unique(), key=level_key):
-            at = keyed[(values == level).to_numpy()]
-            for m in metrics:
-                mean, low, high = t_interval(at[m])
-                row = {"factor": f, "level": level, "reference": baseline[i], "metric": m, "n": len(at)}
-                row.update(mean=mean, ci_low=low, ci_high=high)
-                if level == baseline[i]:
-                    row.update(diff=math.nan, diff_ci_low=math.nan, diff_ci_high=math.nan, p_value=math.nan)
-                    row.update(test="reference", pairs=0)
-                else:
-                    c = compare(at[m], reference[m], partial=True)
-                    row.update(diff=c["diff"], diff_ci_low=c["ci_low"], diff_ci_high=c["ci_high"])
-                    row.update(p_value=c["p_value"], test=c["test"], pairs=c["pairs"])
-                rows.append(row)
-    columns = ["factor", "level", "reference", "metric", "n", "mean", "ci_low", "ci_high", "diff"]
-    return pd.DataFrame(rows, columns=[*columns, "diff_ci_low", "diff_ci_high", "p_value", "test", "pairs"])
-
-
-def matters(low, high, p):
-    """A difference is called real when its 95% CI excludes zero or its p-value is below 0.05
-    (elementwise on Series)."""
-    return (low > 0) | (high < 0) | (p < 0.05)
 
 
 def run_stability(histories: pd.DataFrame) -> pd.DataFrame:
@@ -319,63 +224,6 @@ def full_factorial(runs: pd.DataFrame, factors: list[str]) -> bool:
         return False
     levels = [runs[f].fillna(UNSET).astype(str).nunique() for f in factors]
     return len(set(config_keys(runs, factors))) == math.prod(levels)
-
-
-def interaction_units(
-    runs: pd.DataFrame, factors: list[str], baseline: tuple, a: str, b: str, level_a: str, level_b: str
-) -> list[dict]:
-    """The blocks (other factors' levels and seed) that hold all four cells of the a x b contrast, with the
-    run id of each cell: (level_a, level_b), (ref_a, level_b), (level_a, ref_b), (ref_a, ref_b)."""
-    ia, ib = factors.index(a), factors.index(b)
-    cells = [(level_a, level_b), (baseline[ia], level_b), (level_a, baseline[ib]), (baseline[ia], baseline[ib])]
-    keyed = keyed_by_seed(runs, [f for f in factors if f not in (a, b)])
-    va, vb = (runs[f].fillna(UNSET).astype(str).to_numpy() for f in (a, b))
-    units: dict[str, list] = {}
-    for j, (x, y) in enumerate(cells):
-        cell = (va == x) & (vb == y)
-        for unit, run_id in zip(keyed.index[cell], keyed["run_id"][cell], strict=True):
-            units.setdefault(unit, [None] * 4)[j] = run_id
-    return [{"unit": u, "runs": r} for u, r in units.items() if None not in r]
-
-
-INTERACTION = (1.0, -1.0, -1.0, 1.0)  # (a, b) − (a0, b) − (a, b0) + (a0, b0): a difference of differences
-
-
-def interactions(runs: pd.DataFrame, factors: list[str], baseline: tuple, metrics=TEST_METRICS) -> pd.DataFrame:
-    """Two-way interaction contrasts in a full factorial: for each pair of factors and each pair of non-reference
-    levels, how much the effect of one changes with the other, with a t-interval over the blocks."""
-    rows = []
-    by_id = runs.set_index("run_id")
-    for a, b in itertools.combinations(factors, 2):
-        ia, ib = factors.index(a), factors.index(b)
-        levels_a = [x for x in sorted(runs[a].fillna(UNSET).astype(str).unique(), key=level_key) if x != baseline[ia]]
-        levels_b = [x for x in sorted(runs[b].fillna(UNSET).astype(str).unique(), key=level_key) if x != baseline[ib]]
-        for level_a, level_b in itertools.product(levels_a, levels_b):
-            units = interaction_units(runs, factors, baseline, a, b, level_a, level_b)
-            for m in metrics:
-                values = [sum(c * by_id.at[r, m] for c, r in zip(INTERACTION, u["runs"], strict=True)) for u in units]
-                mean, low, high = t_interval(values)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    p = stats.ttest_1samp(values, 0.0).pvalue if len(values) >= 2 else math.nan
-                rows.append(
-                    {
-                        "factor_a": a,
-                        "level_a": level_a,
-                        "reference_a": baseline[ia],
-                        "factor_b": b,
-                        "level_b": level_b,
-                        "reference_b": baseline[ib],
-                        "metric": m,
-                        "n": len(values),
-                        "diff": mean,
-                        "ci_low": low,
-                        "ci_high": high,
-                        "p_value": float(p),
-                        "units": [u["runs"] for u in units],
-                    }
-                )
-    return pd.DataFrame(rows)
 
 
 def anova(runs: pd.DataFrame, factors: list[str], metric: str = "test_auc") -> pd.DataFrame | None:

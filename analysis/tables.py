@@ -39,6 +39,8 @@ class Tables:
             "ensemble_effects.csv": self.verdict.ensemble_effects,
             "planning.csv": self.verdict.planning,
         }
+        if not self.verdict.calibration.empty:
+            csvs["calibration.csv"] = self.verdict.calibration
         if self.designed is not None:
             csvs["design_effects.csv"] = self.designed
         if self.verdict.interactions is not None:

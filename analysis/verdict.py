@@ -1,48 +1,59 @@
-"""How sure a study's answers are: the report's second layer of statistics, on the runs' test predictions.
+"""How sure a study's answers are: every comparison judged on the configuration, and the tables around them.
 
-Adds to the t-based tables of `analysis.stats` (seed noise only) what a reviewer asks for: intervals and
-p-values from the hierarchical bootstrap over seeds and test images (`analysis.bootstrap`), Holm-adjusted
-p-values per metric, seed ensembles compared by DeLong and McNemar (`analysis.ensembles`), how many seeds a
-claim needs, and two-way interactions with an ANOVA in a full factorial.
+`analysis.comparisons` builds each table's comparisons (each configuration against the baseline, main effects, a
+design's cells, interactions) and judges them all with one rule (`analysis.compare`: the seed is the unit of
+replication, the test images a second source of noise; Holm per metric; better, worse, equivalent or undecided).
+Here too: the ablation table's bootstrap intervals, the seed ensembles compared by DeLong and McNemar (they compare
+trained models, never give a verdict word), how many seeds a claim needs, the ANOVA of a full factorial, and the
+A/A check (`analysis.calibrate`) where a configuration has enough seeds.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from ablation.contract import TEST_METRICS
-from analysis.bootstrap import LEVEL, Bootstrap, ScoredRuns, interval, p_value
+from ablation.contract import MARGINS, TEST_METRICS
+from analysis import comparisons
+from analysis.bootstrap import Bootstrap, ScoredRuns, interval
+from analysis.calibrate import calibrate
+from analysis.compare import ALPHA
 from analysis.ensembles import ensemble_effects, ensemble_table
 from analysis.stats import (
-    INTERACTION,
     REPLICATE,
     UNSET,
     anova,
-    compare,
     config_keys,
     detectable_difference,
     full_factorial,
     holm_by_metric,
-    interactions,
-    keyed_by_seed,
+    level_key,
     ordered_configs,
     seeds_for_halfwidth,
+    t_interval,
 )
 
 HALFWIDTH = 0.01  # the default target half-width of an effect's interval, for "how many seeds"
-PLANNING = ["metric", "n", "sd_diff", "halfwidth_now", "test_set_halfwidth", "mde_80", "seeds_for_halfwidth"]
+PLANNING = [
+    "metric",
+    "n",
+    "sd_diff",
+    "halfwidth_now",
+    "test_set_halfwidth",
+    "mde_80",
+    "seeds_for_halfwidth",
+    "seeds_needed",
+]
 
 
 @dataclass
 class Verdict:
     ablation: pd.DataFrame  # the ablation table with <metric>_boot_low/high
-    effects: pd.DataFrame  # with boot_low/high, p_boot, p_holm
-    main: pd.DataFrame  # with boot_low/high, p_boot, p_holm
+    effects: pd.DataFrame  # each configuration against the baseline, judged
+    main: pd.DataFrame  # each factor's levels against its reference level, judged
     ensembles: pd.DataFrame
     ensemble_effects: pd.DataFrame
     planning: pd.DataFrame
@@ -50,6 +61,9 @@ class Verdict:
     anova: pd.DataFrame | None
     replicates: int
     halfwidth: float
+    designed: pd.DataFrame | None = None  # loco, one_at_a_time: each cell against its reference, judged
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # the A/A check, where seeds allow
+    margins: dict = field(default_factory=lambda: dict(MARGINS))
 
 
 def _seeds(runs: pd.DataFrame) -> pd.Series:
@@ -58,214 +72,129 @@ def _seeds(runs: pd.DataFrame) -> pd.Series:
     return pd.Series(runs["run_id"].to_numpy(), index=index.to_numpy())
 
 
-class _Study:
-    """The finished runs, grouped by configuration, restricted to those with test predictions for the bootstrap."""
-
-    def __init__(self, finished: pd.DataFrame, factors: list[str], predictions: ScoredRuns | None, **boot):
-        self.finished, self.factors = finished, factors
-        scored = set(predictions.run_ids) if predictions else set()
-        self.scored = finished[finished["run_id"].isin(scored)]
-        self.boot = Bootstrap(predictions, **boot) if predictions else None
-        self.configs = ordered_configs(finished, factors)
-        keys = config_keys(finished, factors)
-        self._runs = {key: finished[keys.map(key.__eq__)] for key in self.configs}
-        self._scored = {key: runs[runs["run_id"].isin(scored)] for key, runs in self._runs.items()}
-
-    def runs(self, key: tuple, scored: bool = False) -> pd.DataFrame:
-        return (self._scored if scored else self._runs)[key]
-
-    def runs_of(self) -> dict[tuple, list[str]]:
-        return {key: list(_seeds(self.runs(key, scored=True)).sort_index()) for key in self.configs}
-
-
-def _with_holm(table: pd.DataFrame, rows=None) -> pd.DataFrame:
-    return table.assign(p_holm=holm_by_metric(table, "p_boot", rows))
-
-
-def _bootstrap_columns(replicates: np.ndarray | None) -> dict[str, float]:
-    if replicates is None:
-        return {"boot_low": math.nan, "boot_high": math.nan, "p_boot": math.nan}
-    low, high = interval(replicates)
-    return {"boot_low": low, "boot_high": high, "p_boot": p_value(replicates)}
-
-
-def _ablation(study: _Study, table: pd.DataFrame) -> pd.DataFrame:
+def _ablation(table: pd.DataFrame, finished: pd.DataFrame, factors: list[str], boot: Bootstrap | None):
+    """Each configuration's percentile interval over seeds and test images redrawn together."""
     table = table.copy()
-    for i, key in enumerate(study.configs):
-        run_ids = list(study.runs(key, scored=True)["run_id"])
+    keys = config_keys(finished, factors)
+    for i, key in enumerate(ordered_configs(finished, factors)):
+        run_ids = [r for r in finished.loc[keys.map(key.__eq__), "run_id"] if boot and r in boot.predictions.run_ids]
         for m in TEST_METRICS:
             low = high = math.nan
-            if study.boot and run_ids:
-                low, high = interval(study.boot.mean(run_ids, m, ("config", key)))
+            if run_ids:
+                low, high = interval(boot.mean(run_ids, m, ("config", key)))
             table.loc[i, f"{m}_boot_low"], table.loc[i, f"{m}_boot_high"] = low, high
     return table
 
 
-def _effect_replicates(study: _Study, key: tuple, baseline: tuple, metric: str) -> np.ndarray | None:
-    treated, reference = (_seeds(study.runs(k, scored=True)) for k in (key, baseline))
-    if study.boot is None or treated.empty or reference.empty:
-        return None
-    return study.boot.difference(treated, reference, metric, ("effect", key))
+def _effects(judged: pd.DataFrame, finished, factors, baseline) -> pd.DataFrame:
+    """The judged comparisons against the baseline, with each side's number of runs."""
+    if judged.empty:
+        return judged
+    keys = config_keys(finished, factors)
+    counts = keys.value_counts()
+    judged.insert(len(factors) + 1, "n", [int(counts[tuple(r)]) for r in judged[factors].to_numpy()])
+    judged.insert(len(factors) + 2, "n_baseline", int(counts[baseline]))
+    return judged
 
 
-def _effects(study: _Study, effects: pd.DataFrame, baseline: tuple) -> pd.DataFrame:
+def _main(judged: pd.DataFrame, finished, factors, baseline) -> pd.DataFrame:
+    """Per factor and level: its mean over every run at that level (a clipped t-interval), and, for the levels
+    other than the reference, the judged comparison with the reference level."""
+    judged = judged.rename(columns={"ci_low": "diff_ci_low", "ci_high": "diff_ci_high"})
     rows = []
+    for i, factor in enumerate(factors):
+        values = finished[factor].fillna(UNSET).astype(str)
+        for level in sorted(values.unique(), key=level_key):
+            at = finished[values == level]
+            for m in TEST_METRICS:
+                mean, low, high = t_interval(at[m])
+                row = {"factor": factor, "level": level, "reference": baseline[i], "metric": m, "n": len(at)}
+                rows.append({**row, "mean": mean, "ci_low": low, "ci_high": high})
+    levels = pd.DataFrame(rows)
+    if judged.empty:
+        return levels.assign(test="reference")
+    keys = ["factor", "level", "reference", "metric"]
+    main = levels.merge(judged, on=keys, how="left")
+    main["test"] = main["test"].fillna("reference")
+    return main
+
+
+def _planning(effects: pd.DataFrame, finished, factors, halfwidth: float) -> pd.DataFrame:
+    """Per configuration against the baseline and metric: the spread of a per-seed difference (pooled from every
+    configuration's seeds where this one has fewer than two pairs), the interval's half-width now, the part the test
+    images alone set (it does not shrink with seeds), the smallest difference detectable with 80% power, the seeds an
+    interval of +-`halfwidth` needs, and the paired seeds that would decide the comparison."""
+    if effects.empty:
+        return pd.DataFrame(columns=[*factors, *PLANNING])
+    rows = []
+    pooled = {m: comparisons.pooled_spread(finished, factors, m) for m in TEST_METRICS}
     for _, row in effects.iterrows():
-        key = tuple(str(row[f]) for f in study.factors)
-        rows.append(_bootstrap_columns(_effect_replicates(study, key, baseline, row["metric"])))
-    return _with_holm(pd.concat([effects, pd.DataFrame(rows, index=effects.index)], axis=1))
-
-
-def _main_replicates(study: _Study, factor: str, level: str, reference: str, metric: str) -> np.ndarray | None:
-    """level − reference of one factor, paired on the other factors' levels and the seed where runs match."""
-    if study.boot is None:
-        return None
-    runs = study.scored
-    keyed = keyed_by_seed(runs, [f for f in study.factors if f != factor])
-    values = runs[factor].fillna(UNSET).astype(str).to_numpy()
-    at, ref = keyed[values == level], keyed[values == reference]
-    if at.empty or ref.empty:
-        return None
-    common = at.index.intersection(ref.index, sort=True)
-    if len(common) >= 2 and at.index.is_unique and ref.index.is_unique:
-        units = np.stack([study.boot.columns(at.loc[common, "run_id"]), study.boot.columns(ref.loc[common, "run_id"])])
-        return study.boot.contrast(units.T, [1.0, -1.0], metric, ("main", factor, level))
-    key = ("main", factor, level)
-    return study.boot.mean(list(at["run_id"]), metric, (key, "at")) - study.boot.mean(list(ref["run_id"]), metric, key)
-
-
-def _main(study: _Study, main: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for _, row in main.iterrows():
-        replicates = None
-        if row["test"] != "reference":
-            replicates = _main_replicates(study, row["factor"], row["level"], row["reference"], row["metric"])
-        rows.append(_bootstrap_columns(replicates))
-    main = pd.concat([main, pd.DataFrame(rows, index=main.index)], axis=1)
-    return _with_holm(main, main["test"] != "reference")
-
-
-def _planning(study: _Study, baseline: tuple, halfwidth: float) -> pd.DataFrame:
-    """Per configuration versus the baseline and metric: the spread of a per-seed difference, the interval's
-    half-width now, the part the test images alone set (it does not shrink with seeds), the smallest difference
-    detectable with 80% power at this many seeds, and the seeds an interval of +-`halfwidth` needs."""
-    base = _seeds(study.runs(baseline))
-    by_id = study.finished.set_index("run_id")
-    rows = []
-    for key in study.configs:
-        if key == baseline:
-            continue
-        treated = _seeds(study.runs(key))
-        common = treated.index.intersection(base.index) if treated.index.is_unique and base.index.is_unique else []
-        paired = len(common) >= 2
-        for m in TEST_METRICS:
-            if paired:
-                diffs = by_id.loc[treated[common], m].to_numpy() - by_id.loc[base[common], m].to_numpy()
-                n, sd = len(common), float(np.std(diffs, ddof=1))
-            else:
-                a, b = by_id.loc[treated, m].to_numpy(), by_id.loc[base, m].to_numpy()
-                n = min(len(a), len(b))
-                sd = float(np.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))) if n >= 2 else math.nan
-            now = float(stats.t.ppf((1 + LEVEL) / 2, n - 1) * sd / math.sqrt(n)) if n >= 2 else math.nan
-            rows.append(
-                {
-                    **dict(zip(study.factors, key, strict=True)),
-                    "metric": m,
-                    "n": n,
-                    "sd_diff": sd,
-                    "halfwidth_now": now,
-                    "test_set_halfwidth": _test_set_halfwidth(study, key, baseline, m),
-                    "mde_80": detectable_difference(sd, n),
-                    "seeds_for_halfwidth": seeds_for_halfwidth(sd, halfwidth),
-                }
-            )
-    return pd.DataFrame(rows, columns=[*study.factors, *PLANNING])
-
-
-def _test_set_halfwidth(study: _Study, key: tuple, baseline: tuple, metric: str) -> float:
-    """Half the width of the difference's interval when only the test images are resampled (seeds held)."""
-    if study.boot is None:
-        return math.nan
-    treated, reference = (list(_seeds(study.runs(k, scored=True))) for k in (key, baseline))
-    if not treated or not reference:
-        return math.nan
-    boot = study.boot
-    units = np.array([list(boot.columns(treated)) + list(boot.columns(reference))])
-    weights = [1 / len(treated)] * len(treated) + [-1 / len(reference)] * len(reference)
-    low, high = interval(boot.images_only(units, weights, metric))
-    return (high - low) / 2
-
-
-def _interactions(study: _Study, baseline: tuple) -> pd.DataFrame | None:
-    if not full_factorial(study.finished, study.factors):
-        return None
-    table = interactions(study.finished, study.factors, baseline)
-    rows = []
-    for _, row in table.iterrows():
-        units = [u for u in row["units"] if study.boot and all(r in study.boot.predictions.run_ids for r in u)]
-        replicates = None
-        if units:
-            columns = np.array([study.boot.columns(u) for u in units])
-            label = ("interaction", row["factor_a"], row["level_a"], row["factor_b"], row["level_b"])
-            replicates = study.boot.contrast(columns, INTERACTION, row["metric"], label)
-        rows.append(_bootstrap_columns(replicates))
-    table = pd.concat([table.drop(columns="units"), pd.DataFrame(rows, index=table.index)], axis=1)
-    return _with_holm(table)
+        m, n = row["metric"], int(row["pairs"])
+        sd = math.sqrt(row["seed_var"] * n) if n >= 2 else pooled[m]
+        image_var = row["image_var"] if np.isfinite(row["image_var"]) else 0.0
+        rows.append(
+            {
+                **{f: row[f] for f in factors},
+                "metric": m,
+                "n": n,
+                "sd_diff": sd,
+                "halfwidth_now": (row["ci_high"] - row["ci_low"]) / 2,
+                "test_set_halfwidth": 1.96 * math.sqrt(image_var) if np.isfinite(row["image_var"]) else math.nan,
+                "mde_80": detectable_difference(sd, n) if n >= 2 else math.nan,
+                "seeds_for_halfwidth": seeds_for_halfwidth(sd, halfwidth),
+                "seeds_needed": row["seeds_needed"],
+            }
+        )
+    return pd.DataFrame(rows, columns=[*factors, *PLANNING])
 
 
 def verdict(
     finished: pd.DataFrame,
     factors: list[str],
     baseline: tuple,
-    tables: dict[str, pd.DataFrame],
+    ablation: pd.DataFrame,
     predictions: ScoredRuns | None,
+    designed_cells: list[tuple[str, tuple, tuple]] | None = None,
     halfwidth: float = HALFWIDTH,
-    **boot,
+    margins: dict[str, float] | None = None,
+    replicates: int | None = None,
+    alpha: float = ALPHA,
 ) -> Verdict:
-    """`tables`: the t-based "ablation", "effects" and "main" tables of `analysis.stats` for these runs."""
-    study = _Study(finished, factors, predictions, **boot)
-    runs_of = study.runs_of()
+    """Every comparison of the study judged at level `alpha`, with the tables around them."""
+    margins = {**MARGINS, **(margins or {})}
+    boot = Bootstrap(predictions, **({"replicates": replicates} if replicates else {})) if predictions else None
+
+    def judged(built: list[comparisons.Comparison]) -> pd.DataFrame:
+        return comparisons.judge_all(built, finished, boot, margins, alpha=alpha, factors=factors)
+
+    effects = _effects(judged(comparisons.against_baseline(finished, factors, baseline)), finished, factors, baseline)
+    designed = judged(comparisons.designed(finished, factors, designed_cells)) if designed_cells else None
+    interactions = None
+    if full_factorial(finished, factors):
+        interactions = judged(comparisons.interactions(finished, factors, baseline))
     ensembles = ensemble_effects_table = pd.DataFrame()
     if predictions is not None:
-        ensembles = ensemble_table(predictions, study.configs, factors, runs_of, finished)
-        ensemble_effects_table = ensemble_effects(predictions, study.configs, factors, runs_of, baseline)
+        runs_of = {
+            key: list(_seeds(finished[config_keys(finished, factors).map(key.__eq__)]).sort_index())
+            for key in ordered_configs(finished, factors)
+        }
+        runs_of = {key: [r for r in ids if r in predictions.run_ids] for key, ids in runs_of.items()}
+        configs = ordered_configs(finished, factors)
+        ensembles = ensemble_table(predictions, configs, factors, runs_of, finished)
+        ensemble_effects_table = ensemble_effects(predictions, configs, factors, runs_of, baseline)
         ensemble_effects_table = ensemble_effects_table.assign(p_holm=holm_by_metric(ensemble_effects_table, "p_value"))
     return Verdict(
-        ablation=_ablation(study, tables["ablation"]),
-        effects=_effects(study, tables["effects"], baseline),
-        main=_main(study, tables["main"]),
+        ablation=_ablation(ablation, finished, factors, boot),
+        effects=effects,
+        main=_main(judged(comparisons.main_effects(finished, factors, baseline)), finished, factors, baseline),
         ensembles=ensembles,
         ensemble_effects=ensemble_effects_table,
-        planning=_planning(study, baseline, halfwidth),
-        interactions=_interactions(study, baseline),
+        planning=_planning(effects, finished, factors, halfwidth),
+        interactions=interactions,
         anova=anova(finished, factors),
-        replicates=study.boot.replicates if study.boot else 0,
+        replicates=boot.replicates if boot else 0,
         halfwidth=halfwidth,
+        designed=designed,
+        calibration=calibrate(finished, factors, boot),
+        margins=margins,
     )
-
-
-def design_effects(
-    finished: pd.DataFrame,
-    factors: list[str],
-    compared: list[tuple[str, tuple, tuple]],
-    predictions: ScoredRuns | None,
-    **boot,
-) -> pd.DataFrame:
-    """A designed study's own comparisons: (cell label, its configuration, its reference's configuration) ->
-    per metric the difference with its seed-only t-interval, the bootstrap interval and the Holm-adjusted p."""
-    study = _Study(finished, factors, predictions, **boot)
-    rows = []
-    for cell, key, reference in compared:
-        treated, base = (keyed_by_seed(study.runs(k), []) for k in (key, reference))
-        for m in TEST_METRICS:
-            rows.append(
-                {
-                    "cell": cell,
-                    "metric": m,
-                    "n": len(treated),
-                    "n_reference": len(base),
-                    **compare(treated[m], base[m]),
-                    **_bootstrap_columns(_effect_replicates(study, key, reference, m)),
-                }
-            )
-    return _with_holm(pd.DataFrame(rows))

@@ -15,6 +15,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from processes import run_module
+from sklearn.metrics import roc_auc_score
 
 from ablation.contract import JOB, PARENT, ROLE
 from ablation.metrics import binary_metrics
@@ -103,7 +104,8 @@ def build_store(tmp: Path) -> dict:
         metrics = []
         if status == "FINISHED":
             predicted = {split: _probabilities(model, dropout, seed, split) for split in ("val", "test")}
-            values[(model, dropout, seed)] = _metrics(predicted["test"])
+            kept = {"kept_val_auc": float(roc_auc_score(LABELS, predicted["val"]))}  # what "the best" is chosen on
+            values[(model, dropout, seed)] = _metrics(predicted["test"]) | kept
             once = {**values[(model, dropout, seed)], "num_params": 1e5, "best_epoch": 5, "threshold": 0.5}
             metrics = [Metric(k, v, T0, 0) for k, v in once.items()]
             metrics += [

@@ -11,18 +11,12 @@ import pytest
 from analysis_helpers import ERROR, shared_cli_report, shared_store
 from scipy import stats
 
+from ablation.contract import TEST_METRICS
+from analysis import comparisons
 from analysis.__main__ import main
 from analysis.report import build_report
-from analysis.runs import TEST_METRICS, AnalysisError, load_study
-from analysis.stats import (
-    choose_baseline,
-    effects,
-    find_factors,
-    level_key,
-    main_effects,
-    run_stability,
-    stability,
-)
+from analysis.runs import AnalysisError, load_study
+from analysis.stats import choose_baseline, find_factors, level_key, run_stability, stability
 from analysis.transfer import run_transfer
 
 OUTPUTS = (
@@ -61,8 +55,19 @@ def _values(store, model, dropout, metric):
 
 
 def _t_interval(x):
+    """scipy's t-interval of a metric's mean, clipped to the metric's range [0, 1]."""
     x = np.asarray(x, dtype=float)
-    return stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    low, high = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    return max(low, 0.0), min(high, 1.0)
+
+
+def _rule_interval(d, image_var):
+    """The verdict rule's 95% interval, computed here from scipy's quantiles: the seed part with Student's t on
+    n − 1 degrees of freedom and the test images' part with the normal quantile, added in quadrature."""
+    d = np.asarray(d, dtype=float)
+    seed = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    half = np.hypot(seed, stats.norm.ppf(0.975) * np.sqrt(image_var))
+    return d.mean() - half, d.mean() + half
 
 
 def test_default_selection_is_latest_sweep_with_failed_run_listed(store, study):
@@ -135,44 +140,45 @@ def test_ablation_table_rows_n_and_intervals(store, cli):
 
 
 @pytest.mark.slow  # `python -m analysis report` as a subprocess
-def test_effects_paired_where_seeds_match_else_welch(store, cli):
+def test_effects_are_paired_on_the_seed_and_judged_by_the_rule(store, cli):
     eff = pd.read_csv(cli / "effects_table.csv", dtype={"dropout": str}).set_index(["model", "dropout", "metric"])
     assert ("cnn", "0.0", "test_auc") not in eff.index  # the baseline itself
     base = _values(store, "cnn", "0.0", "test_auc")
     treated = _values(store, "cnn", "0.5", "test_auc")
-    seeds = sorted(base)
-    d = np.array([treated[s] - base[s] for s in seeds])
+    d = np.array([treated[s] - base[s] for s in sorted(base)])
     row = eff.loc[("cnn", "0.5", "test_auc")]
-    assert row["test"] == "paired t-test"
+    assert row["test"] == comparisons.RULE and row["pairs"] == 3
     assert row["diff"] == pytest.approx(d.mean())
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_t_interval(d))
-    assert row["p_value"] == pytest.approx(
-        stats.ttest_rel([treated[s] for s in seeds], [base[s] for s in seeds]).pvalue
-    )
+    assert row["image_var"] > 0 and row["seed_var"] == pytest.approx(d.var(ddof=1) / 3)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_rule_interval(d, row["image_var"]))
+    assert row["verdict"] in ("better", "worse", "equivalent", "undecided") and row["margin"] == 0.005
+    assert row["p_improve"] == pytest.approx(np.mean(d > 0))
 
-    # (resnet18, 0.5) lost seed 3 to the failed run: seeds differ, so Welch.
-    welch = _values(store, "resnet18", "0.5", "test_auc")
-    result = stats.ttest_ind(list(welch.values()), list(base.values()), equal_var=False)
+    # (resnet18, 0.5) lost seed 3 to the failed run: paired on the two seeds both sides have.
+    paired = _values(store, "resnet18", "0.5", "test_auc")
+    d = np.array([paired[s] - base[s] for s in sorted(paired)])
     row = eff.loc[("resnet18", "0.5", "test_auc")]
-    assert row["test"] == "Welch t-test"
-    assert row["diff"] == pytest.approx(np.mean(list(welch.values())) - np.mean(list(base.values())))
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(result.confidence_interval(0.95)))
-    assert row["p_value"] == pytest.approx(result.pvalue)
+    assert row["pairs"] == 2 and row["diff"] == pytest.approx(d.mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_rule_interval(d, row["image_var"]))
 
 
-def test_main_effects_pair_on_other_factors_and_seed(store, study):
-    main = main_effects(study.finished, ["model", "dropout"], ("cnn", "0.0"))
+def test_main_effects_average_each_seed_over_the_other_factors(store, study):
+    finished = study.finished.reset_index(drop=True)
+    built = comparisons.main_effects(finished, ["model", "dropout"], ("cnn", "0.0"))
+    main = comparisons.judge_all(built, finished, None, factors=["model", "dropout"])
     row = main[(main["factor"] == "dropout") & (main["level"] == "0.5") & (main["metric"] == "test_auc")].iloc[0]
-    at = [v["test_auc"] for (m, d, s), v in store["values"].items() if d == "0.5"]
-    assert row["mean"] == pytest.approx(np.mean(at))
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_t_interval(at))
-    keys = [(m, s) for (m, d, s) in store["values"] if d == "0.5"]  # (resnet18, seed 3) has no partner
-    on = [store["values"][(m, "0.5", s)]["test_auc"] for m, s in keys]
-    off = [store["values"][(m, "0.0", s)]["test_auc"] for m, s in keys]
-    assert row["test"] == "paired t-test" and row["pairs"] == 5
-    assert row["diff"] == pytest.approx(np.mean(np.subtract(on, off)))
-    assert row["p_value"] == pytest.approx(stats.ttest_rel(on, off).pvalue)
-    assert effects(study.finished, [], (), TEST_METRICS).empty
+    values = store["values"]
+    per_seed = {  # (resnet18, 0.5, seed 3) failed: seed 3 is the cnn's difference alone
+        s: np.mean([values[(m, "0.5", s)]["test_auc"] - values[(m, "0.0", s)]["test_auc"]
+                    for m in ("cnn", "resnet18") if (m, "0.5", s) in values])
+        for s in (1, 2, 3)
+    }  # fmt: skip
+    d = np.array(list(per_seed.values()))
+    assert row["test"] == comparisons.RULE and row["pairs"] == 3
+    assert row["diff"] == pytest.approx(d.mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_rule_interval(d, 0.0))  # no predictions: no image part
+    assert row["p_value"] == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
+    assert comparisons.main_effects(finished, [], ()) == []
 
 
 def test_stability_from_histories(store, study):
@@ -205,9 +211,15 @@ def test_cli_writes_everything_and_logs_to_parent(store, cli):
     logged = {Path(f.path).name for f in store["client"].list_artifacts(store["parent"], "report")}
     assert set(OUTPUTS) <= logged
     md = (cli / "report.md").read_text()
-    assert "Best configuration:** model=resnet18, dropout=0.5" in md
-    assert "**Factors that matter** (Holm-adjusted p < 0.05 per metric" in md
-    assert "): model (ROC AUC, accuracy, F1)." in md  # dropout's +0.04 is within the test images' noise
+    kept = {(m, d): np.mean(list(_values(store, m, d, "kept_val_auc").values())) for m, d, _ in store["values"]}
+    best = max(kept, key=kept.get)  # chosen on validation, never on test
+    assert (
+        f"**Best configuration** (chosen on validation, ROC AUC {kept[best]:.3f}): model={best[0]}, dropout={best[1]}"
+        in md
+    )
+    assert "**Verdicts** (each comparison judged on the configuration" in md
+    assert "model resnet18 (vs cnn): better, ROC AUC +0.18" in md  # the much better separation, 3 seeds
+    assert "**Undecided** (2 on accuracy, ROC AUC): dropout 0.5 (vs 0.0)" in md  # +0.04 within the noise
     assert store["failed"] in md and ERROR in md
     assert "NORMAL (0): 1.950, PNEUMONIA (1): 0.670" in md
     html = (cli / "report.html").read_text()

@@ -3,8 +3,6 @@ basic sweeper."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -97,23 +95,23 @@ def test_seed_lists():
             design.seed_list(bad, None)
 
 
-def test_auto_seeds_decide_on_the_t_interval_of_the_finished_seeds():
-    rule = AutoSeeds(target_halfwidth=0.01, min_seeds=2, max_seeds=4, metric="test_auc")
-    wide = rule.decide("a", [0.70, 0.80], attempts=2)
-    assert wide["decision"] == "another seed" and wide["finished"] == 2
-    assert wide["halfwidth"] == pytest.approx(12.706 * 0.0707107 / math.sqrt(2), rel=1e-3)  # t(0.975, 1) sd / sqrt n
-    assert rule.decide("a", [0.70, 0.80, 0.75, 0.72], attempts=4)["decision"] == "stop: at max_seeds"
-    assert rule.decide("a", [0.800, 0.801, 0.8005], attempts=3)["decision"] == "stop: narrow enough"
-    assert rule.decide("a", [math.nan, math.nan], attempts=2)["decision"] == "stop: no job finished"
-    one = rule.decide("a", [0.7, math.nan], attempts=2)  # a failed seed: one value, no interval yet
-    assert one["halfwidth"] == math.inf and one["decision"] == "another seed"
+def test_auto_seeds_stop_once_every_verdict_is_decided_each_look_at_its_share_of_alpha():
+    rule = AutoSeeds(min_seeds=2, max_seeds=5, metric="test_auc")
+    assert rule.looks == 4 and rule.alpha == pytest.approx(0.0125)  # Bonferroni over the looks at 2, 3, 4, 5 seeds
+    assert rule.decide(["better", "undecided"], seeds=2, cells_with_runs=3) == "another seed"
+    assert (
+        rule.decide(["better", "equivalent", "worse"], seeds=3, cells_with_runs=3) == "stop: every comparison decided"
+    )
+    assert rule.decide(["undecided"], seeds=5, cells_with_runs=3) == "stop: at max_seeds"
+    assert rule.decide([], seeds=2, cells_with_runs=0) == "stop: no job finished"
+    assert rule.decide([], seeds=2, cells_with_runs=1) == "another seed"  # nothing to judge yet
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"min_seeds": 1}, "min_seeds"), ({"target_halfwidth": 0}, "> 0")])
-def test_auto_seeds_refuse_settings_that_cannot_stop(kwargs, match):
-    settings = {"target_halfwidth": 0.01, "min_seeds": 2, "max_seeds": 3, "metric": "test_auc", **kwargs}
-    with pytest.raises(DesignError, match=match):
-        AutoSeeds(**settings)
+def test_auto_seeds_refuse_settings_that_cannot_stop():
+    with pytest.raises(DesignError, match="min_seeds"):
+        AutoSeeds(min_seeds=1, max_seeds=3, metric="test_auc")
+    with pytest.raises(DesignError, match="min_seeds"):
+        AutoSeeds(min_seeds=4, max_seeds=3, metric="test_auc")
 
 
 def test_the_sweeper_names_an_unknown_design():

@@ -49,7 +49,7 @@ def test_images_load_and_tables_render(report, tmp_path):
         "<th>error</th>",
     ):
         assert header in dom, header
-    assert "Best configuration:" in dom
+    assert "Best configuration</strong> (chosen on validation" in dom and "Verdicts</strong>" in dom
 
 
 def test_screenshot(report, tmp_path):

@@ -81,13 +81,15 @@ def test_loco_runs_the_baseline_and_each_removal_per_seed_and_logs_its_report(lo
     # The end-of-sweep table, then the report: built, logged to the parent run, its path and headline printed.
     rows = [line for line in done.stdout.splitlines() if " FINISHED " in line and not line.startswith("[")]
     assert len(rows) == 8 and "test_auc" in done.stdout
-    assert "Report: " in done.stdout and "Leave one component out: removing " in done.stdout
+    assert "Report: " in done.stdout and "Leave one component out: Verdicts (each comparison judged" in done.stdout
+    assert "removing " in done.stdout.split("Leave one component out: Verdicts")[1]  # the cells, by their verdict
     report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/design_effects.csv"} <= report
     table = pd.read_csv(client.download_artifacts(parents[0].info.run_id, "report/design_effects.csv", str(tmp_path)))
     auc = table[table["metric"] == "test_auc"]
-    assert set(auc["cell"]) == {"-dropout", "-flip", "-batchnorm"} and (auc["n"] == 2).all()
+    assert set(auc["cell"]) == {"-dropout", "-flip", "-batchnorm"} and (auc["pairs"] == 2).all()
     assert auc["boot_low"].le(auc["diff"]).all() and auc["diff"].le(auc["boot_high"]).all()
+    assert set(auc["verdict"]) <= {"better", "worse", "equivalent", "undecided"}
     markdown = open(client.download_artifacts(parents[0].info.run_id, "report/report.md", str(tmp_path))).read()
     assert "## Leave one component out" in markdown
 
@@ -183,14 +185,9 @@ def test_one_at_a_time_with_auto_seeds_and_a_refused_configuration(tmp_path, cac
 
     design = _design(client, parents[0].info.run_id, tmp_path)
     assert [cell["label"] for cell in design["cells"]] == ["baseline", "dropout=0", "dropout=1.5"]
+    assert design["alpha"] == pytest.approx(0.05 / 2)  # two looks planned: 2 seeds, then 3
     first, second = design["rounds"]
-    decisions = {line["cell"]: line for line in first}
-    assert decisions["baseline"]["decision"] == decisions["dropout=0"]["decision"] == "another seed"
-    assert decisions["baseline"]["halfwidth"] > 0.0001 and decisions["baseline"]["seeds"] == 2
-    assert decisions["dropout=1.5"]["decision"] == STOPPED_FAILED
-    assert {line["decision"] for line in second} <= {
-        "stop: at max_seeds",
-        "stop: narrow enough",
-        STOPPED_FAILED,
-    }
-    assert max(line["seeds"] for line in second) <= 3
+    assert (first["seeds"], first["decision"]) == (2, "another seed")  # two tiny seeds decide nothing
+    assert [c["comparison"] for c in first["comparisons"]] == ["dropout=0"]  # the refused cell has no run
+    assert first["comparisons"][0]["verdict"] == "undecided" and first["comparisons"][0]["seeds"] == 2
+    assert (second["seeds"], second["decision"]) in ((3, "stop: at max_seeds"), (3, "stop: every comparison decided"))

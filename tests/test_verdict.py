@@ -125,7 +125,11 @@ def test_holm_columns_are_statsmodels_holm_per_metric(report):
     main = main[main["test"] != "reference"]
     for table in (effects, main):
         for _, group in table.groupby("metric"):
-            assert group["p_holm"].to_numpy() == pytest.approx(multipletests(group["p_boot"], method="holm")[1])
+            assert group["p_holm"].to_numpy() == pytest.approx(multipletests(group["p_value"], method="holm")[1])
+            holm_equivalence = multipletests(group["p_equivalence"], method="holm")[1]
+            assert group["p_equivalence_holm"].to_numpy() == pytest.approx(holm_equivalence)
+            better = (group["p_holm"] < 0.05) & (group["diff"] > 0)
+            assert ((group["verdict"] == "better") == better).all()
     ensemble = _csv(out, "ensemble_effects.csv")
     for _, group in ensemble.groupby("metric"):
         assert group["p_holm"].to_numpy() == pytest.approx(multipletests(group["p_value"], method="holm")[1])
@@ -193,7 +197,7 @@ def test_interactions_are_differences_of_differences_over_complete_blocks(report
         + v[("cnn", "0.0", s)]["test_auc"]
         for s in (1, 2)
     ]
-    assert row["n"] == 2 and row["diff"] == pytest.approx(np.mean(blocks))
+    assert row["pairs"] == 2 and row["diff"] == pytest.approx(np.mean(blocks))
     assert row["boot_low"] <= row["diff"] <= row["boot_high"]
     anova = _csv(out, "anova.csv")
     assert list(anova["source"]) == ["model", "dropout", "seed (block)", "model:dropout", "Residual"]

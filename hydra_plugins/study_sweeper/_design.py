@@ -15,7 +15,6 @@ of Hydra's launchers, so that its rules are tested directly. The sweeper imports
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -176,43 +175,42 @@ def seed_list(setting: object, from_overrides: list[str] | None) -> list[int] | 
 
 @dataclass
 class AutoSeeds:
-    """Seeds in rounds until every cell's interval of `metric` is at most `target_halfwidth` wide on each side."""
+    """Seeds in rounds until every comparison of the study is decided (better, worse or equivalent), or at
+    `max_seeds`. The verdict rule looks after every round, so each look tests at `alpha` / the planned looks
+    (Bonferroni over the looks, a valid group-sequential bound): the chance of any false claim over all the looks
+    stays at most `alpha` (tests/test_compare.py simulates it)."""
 
-    target_halfwidth: float
     min_seeds: int
     max_seeds: int
     metric: str
+    alpha_total: float = 0.05
 
     def __post_init__(self) -> None:
-        if not 0 < self.target_halfwidth:
-            raise DesignError(f"hydra.sweeper.target_halfwidth={self.target_halfwidth}: must be > 0")
         if not 2 <= self.min_seeds <= self.max_seeds:
             raise DesignError(
                 f"hydra.sweeper.min_seeds={self.min_seeds}, max_seeds={self.max_seeds}: need 2 <= min_seeds <= "
-                "max_seeds (an interval needs two seeds)"
+                "max_seeds (a comparison needs two paired seeds)"
             )
 
-    def decide(self, label: str, values: Sequence[float], attempts: int) -> dict:
-        """One cell's line of a round: its values so far (NaN: a job that did not finish) and whether it gets
-        another seed. A cell none of whose jobs finished gets no more: another seed would fail the same way."""
-        from analysis.stats import t_interval  # scipy: only once a round ends
+    @property
+    def looks(self) -> int:
+        from analysis.compare import looks  # scipy and statsmodels: only once a sweep plans its rounds
 
-        finished = [v for v in values if not math.isnan(v)]
-        mean, low, high = t_interval(finished)
-        halfwidth = (high - low) / 2 if len(finished) >= 2 else math.inf
-        if not finished:
-            decision = "stop: no job finished"
-        elif halfwidth <= self.target_halfwidth:
-            decision = "stop: narrow enough"
-        elif attempts >= self.max_seeds:
-            decision = "stop: at max_seeds"
-        else:
-            decision = "another seed"
-        return {
-            "cell": label,
-            "seeds": attempts,
-            "finished": len(finished),
-            "mean": mean,
-            "halfwidth": halfwidth,
-            "decision": decision,
-        }
+        return looks(self.min_seeds, self.max_seeds)
+
+    @property
+    def alpha(self) -> float:
+        """The level of each look."""
+        from analysis.compare import sequential_alpha
+
+        return sequential_alpha(self.alpha_total, self.looks)
+
+    def decide(self, verdicts: Sequence[str], seeds: int, cells_with_runs: int) -> str:
+        """The round's decision from the verdicts of every comparison so far (`analysis.compare.VERDICTS`)."""
+        if not cells_with_runs:
+            return "stop: no job finished"
+        if verdicts and all(word != "undecided" for word in verdicts):
+            return "stop: every comparison decided"
+        if seeds >= self.max_seeds:
+            return "stop: at max_seeds"
+        return "another seed"

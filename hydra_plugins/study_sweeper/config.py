@@ -15,11 +15,10 @@ class StudySweeperConf:
     params: dict[str, str] | None = None  # KEY: comma-separated levels, as Hydra's basic sweeper takes them
     baseline: list[str] = field(default_factory=list)  # loco, one_at_a_time: overrides of the reference cell
     components: dict[str, Any] = field(default_factory=dict)  # loco: NAME: [overrides that remove it]
-    seeds: Any = None  # null: the seed= override, if any | N: 0..N-1 | [s, ...] | auto
-    target_halfwidth: float = 0.01  # seeds=auto: stop a cell once its 95% interval is at most +- this
+    seeds: Any = None  # null: the seed= override, if any | N: 0..N-1 | [s, ...] | auto (until every verdict is decided)
     min_seeds: int = 2  # seeds=auto: the first round's seeds per cell
     max_seeds: int = 5  # seeds=auto: never more per cell
-    metric: str = "test_auc"  # seeds=auto: the metric whose interval decides
+    metric: str = "test_auc"  # seeds=auto: the metric whose verdicts decide when to stop
     dry_run: bool = False  # print the planned jobs (FINISHED: resume would skip it) and run nothing
     max_batch_size: int | None = None  # jobs handed to the launcher at once (null: all of a round)
 

@@ -11,7 +11,6 @@ once a sweep is set up.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,6 @@ class StudySweeper(Sweeper):
         baseline: list[str] | None = None,
         components: dict[str, Any] | None = None,
         seeds: Any = None,
-        target_halfwidth: float = 0.01,
         min_seeds: int = 2,
         max_seeds: int = 5,
         metric: str = "test_auc",
@@ -55,7 +53,7 @@ class StudySweeper(Sweeper):
         self.components = {name: _plain(removal) for name, removal in (components or {}).items()}
         self.seeds = _plain(seeds)
         self.auto = self.seeds == "auto"
-        self.auto_seeds = AutoSeeds(target_halfwidth, min_seeds, max_seeds, metric) if self.auto else None
+        self.auto_seeds = AutoSeeds(min_seeds, max_seeds, metric) if self.auto else None
         self.dry_run = dry_run
         self.max_batch_size = max_batch_size
         self.hydra_context: HydraContext | None = None
@@ -124,6 +122,7 @@ class StudySweeper(Sweeper):
             "design": self.design.value,
             "seeds": self.seeds,
             "metric": self.auto_seeds.metric if self.auto else None,
+            "alpha": self.auto_seeds.alpha if self.auto else None,  # each look's level: the report judges at it
             "cells": [
                 {"label": c.label, "reference": c.reference, "overrides": c.overrides, "jobs": []} for c in cells
             ],
@@ -173,26 +172,31 @@ class StudySweeper(Sweeper):
         sweep.record_design(sweep_dir, record)
 
     def _decide_round(self, cells: list[Cell], record: dict, sweep_dir: Path) -> list[tuple[Cell, int]]:
-        """Each cell's interval so far; one more seed for those still too wide. Printed and logged."""
+        """The verdict on every comparison so far, at the rule's level for one look (`AutoSeeds.alpha`); one more
+        seed for every cell that has a finished run, until all are decided or at max_seeds. Printed and logged."""
         import pandas as pd
 
-        from ablation import sweep, tracking
+        from ablation import sweep
+        from analysis.report import decisions
+        from analysis.runs import AnalysisError, load_study
 
-        client = tracking.client(self.config.tracking.uri)
-        rule, lines, again = self.auto_seeds, [], []
-        for cell, entry in zip(cells, record["cells"], strict=True):
-            values = [_metric(client, job, rule.metric) for job in entry["jobs"]]
-            line = rule.decide(cell.label, values, len(entry["jobs"]))
-            lines.append(line)
-            if line["decision"] == "another seed":
-                again.append((cell, len(entry["jobs"])))
-        record["rounds"].append(lines)
+        rule = self.auto_seeds
+        seeds = max(len(entry["jobs"]) for entry in record["cells"])
+        trained = [c for c, e in zip(cells, record["cells"], strict=True) if any(j.get("run_id") for j in e["jobs"])]
+        parent = sweep.parent_of(sweep_dir)
+        try:
+            judged = decisions(load_study(parent["tracking_uri"], sweep=parent["run_id"]), rule.alpha, rule.metric)
+        except (AnalysisError, TypeError):  # no parent yet, or nothing finished: nothing to judge
+            judged = pd.DataFrame(columns=["comparison", "verdict"])
+        decision = rule.decide(list(judged["verdict"]), seeds, len(trained))
+        lines = judged.to_dict("records")
+        record["rounds"].append({"seeds": seeds, "decision": decision, "comparisons": lines})
         sweep.record_design(sweep_dir, record)
-        table = pd.DataFrame(lines)
-        heading = f"Seeds, round {len(record['rounds'])}: the {rule.metric} interval of each cell"
-        limits = f"target +-{rule.target_halfwidth}, at most {rule.max_seeds} seeds"
-        print(f"\n{heading} ({limits})\n{table.to_string(index=False, float_format='{:.4f}'.format)}", flush=True)
-        return again
+        heading = f"Seeds, round {len(record['rounds'])} ({seeds} per cell): the {rule.metric} verdicts"
+        limits = f"each look at alpha {rule.alpha:.4g} = 0.05 / {rule.looks} looks; at most {rule.max_seeds} seeds"
+        table = pd.DataFrame(lines).to_string(index=False, float_format="{:.4f}".format) if lines else "(none yet)"
+        print(f"\n{heading} ({limits})\n{table}\n{decision}", flush=True)
+        return [(cell, seeds) for cell in trained] if decision == "another seed" else []
 
     def _print_dry_run(self, planned: list[tuple[Cell, int | None]]) -> None:
         import pandas as pd
@@ -242,9 +246,3 @@ def _finished_in_store(cfg: DictConfig) -> str | None:
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
-def _metric(client, job: dict, metric: str) -> float:
-    if job.get("status") not in ("FINISHED", "SKIPPED") or not job.get("run_id"):
-        return math.nan
-    return float(client.get_run(job["run_id"]).data.metrics.get(metric, math.nan))
