@@ -43,10 +43,12 @@ def calibrate(
     splits: int = SPLITS,
     metrics=METRICS,
     seed: int = 0,
+    margins: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Per eligible configuration, metric and arm size k: the share of random A/A splits the rule calls better or
     worse (`false_rate`, with `false_low/high`), and the share it calls equivalent."""
     rng = np.random.default_rng(seed)
+    margins = {**MARGINS, **(margins or {})}
     by_id = finished.set_index("run_id")
     rows = []
     for key, run_ids in eligible(finished, factors, boot).items():
@@ -59,7 +61,7 @@ def calibrate(
                 for _ in range(splits):
                     order = rng.permutation(len(run_ids))
                     a, b = order[:k], order[k : 2 * k]
-                    judged = judge(logged[a] - logged[b], images[:, a] - images[:, b], margin=MARGINS[metric])
+                    judged = judge(logged[a] - logged[b], images[:, a] - images[:, b], margin=margins[metric])
                     false += bool(judged["p_value"] < ALPHA)
                     equivalent += bool(judged["p_equivalence"] < ALPHA)
                 low, high = proportion_confint(false, splits, alpha=0.05, method="wilson")

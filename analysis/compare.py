@@ -140,10 +140,16 @@ def judge(diffs, image_diffs=None, margin: float = 0.01, level: float = LEVEL, b
     seed_var and image_var are the two parts of the variance of the mean difference (s²/n and V).
     """
     diffs = np.asarray(diffs, dtype=float)
+    known = ~np.isnan(diffs)  # a run that did not log the metric: its seed drops out of this metric's comparison
+    if not known.all():
+        diffs = diffs[known]
+        image_diffs = None if image_diffs is None else np.asarray(image_diffs, dtype=float)[:, known]
     n, diff, seed_var, image_var = _variances(diffs, image_diffs)
     row = dict.fromkeys(KEYS, math.nan) | {"n": n, "margin": margin}
     if n < 2:  # one seed is one run: no claim about a configuration
         return row
+    if seed_var == 0 and image_var == 0 and diff != 0:  # identical differences and no image noise measured: no
+        return row | {"diff": diff, "ci_low": diff, "ci_high": diff}  # spread to judge by, so no claim either
     span = bounds[1] - bounds[0]
     ci_low, ci_high = _interval(diff, n, seed_var, image_var, level, (-span, span))
     # rliable's probability of improvement over paired seeds; ties count half, hence a fractional count.
@@ -164,15 +170,6 @@ def judge(diffs, image_diffs=None, margin: float = 0.01, level: float = LEVEL, b
         "image_var": image_var,
         "seeds_needed": seeds_needed(math.sqrt(seed_var * n), image_var, diff, margin, alpha=1 - level),
     }
-
-
-def mean_interval(values, image_values=None, bounds=(0.0, 1.0), level: float = LEVEL) -> dict:
-    """One configuration's mean metric over its seeds, with the same interval construction as a comparison."""
-    n, mean, seed_var, image_var = _variances(values, image_values)
-    if n < 2:
-        return {"n": n, "mean": mean, "se": math.nan, "df": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    ci_low, ci_high = _interval(mean, n, seed_var, image_var, level, bounds)
-    return {"n": n, "mean": mean, "se": _se(seed_var, image_var), "df": n - 1, "ci_low": ci_low, "ci_high": ci_high}
 
 
 def _holm(p_values: np.ndarray) -> np.ndarray:
@@ -215,7 +212,8 @@ def _t_quantiles(probability: float, cap: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def seeds_needed(sd: float, image_var: float, diff: float, margin: float, alpha: float = ALPHA, cap: int = 1000):
-    """Smallest total N >= 2 of paired seeds that would decide the comparison if sd and V stayed as estimated.
+    """Smallest total N >= 2 of paired seeds that would decide the comparison if sd and V stayed as estimated,
+    before Holm's adjustment (a table of several comparisons needs somewhat more).
 
     A difference beyond the margin is decided once the (1 − alpha) interval excludes 0; one inside it once
     the (1 − 2 alpha) interval fits in the margin (the same half-widths as `judge`: t on N − 1 df for the seeds,
@@ -224,7 +222,7 @@ def seeds_needed(sd: float, image_var: float, diff: float, margin: float, alpha:
     if any(math.isnan(x) for x in (sd, image_var, diff)):
         return math.nan
     size = abs(diff)
-    beyond = size > margin
+    beyond = size >= margin
     probability = 1 - alpha / 2 if beyond else 1 - alpha
     seeds, quantiles = _t_quantiles(probability, cap)
     half = np.sqrt(quantiles**2 * sd**2 / seeds + stats.norm.ppf(probability) ** 2 * image_var)

@@ -35,7 +35,8 @@ class Comparison:
     blocks: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # (seed, {run id: coefficient})
 
     def units(self) -> dict[str, dict[str, float]]:
-        """Per seed, the mean of its blocks' coefficients: one difference per seed."""
+        """Per seed, the mean of its blocks' coefficients: one difference per seed. A seed missing a block (a failed
+        run) averages the blocks it has, so its difference weighs those a little more."""
         by_seed: dict[str, list[dict[str, float]]] = defaultdict(list)
         for seed, block in self.blocks:
             by_seed[seed].append(block)
@@ -55,24 +56,33 @@ def _seed_of(runs: pd.DataFrame) -> pd.Series:
     return seeds.fillna(UNSET).astype(str)
 
 
-def _by_seed(runs: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(_seed_of(runs), runs["run_id"], strict=True))
+def _by_seed(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """Run ids per seed: two runs of one configuration and seed (two sweeps, a re-run) are averaged, not dropped."""
+    by_seed: dict[str, list[str]] = defaultdict(list)
+    for seed, run_id in zip(_seed_of(runs), runs["run_id"], strict=True):
+        by_seed[seed].append(run_id)
+    return dict(by_seed)
 
 
-def _pairs(a: dict[str, str], b: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(unit, run of a, run of b): matched on the seed (it fixes the validation split and the data order); where
-    fewer than two seeds match, the two sides' runs in seed order (independent runs: any pairing is fair)."""
-    common = sorted(a.keys() & b.keys(), key=level_key)
-    if len(common) >= 2 or len(common) == min(len(a), len(b)):
-        return [(seed, a[seed], b[seed]) for seed in common]
-    ordered = zip(sorted(a, key=level_key), sorted(b, key=level_key), strict=False)
-    return [(f"{x}/{y}", a[x], b[y]) for x, y in ordered]
+def _pairs(a: dict[str, list[str]], b: dict[str, list[str]]) -> list[tuple[str, dict[str, float]]]:
+    """(unit, {run: coefficient}): a − b matched on the seed (it fixes the validation split and the data order), then
+    the seeds only one side has paired in seed order (independent runs: any pairing is fair); a seed's runs averaged."""
+    matched = sorted(a.keys() & b.keys(), key=level_key)
+    rest = zip(sorted(a.keys() - b.keys(), key=level_key), sorted(b.keys() - a.keys(), key=level_key), strict=False)
+    pairs = []
+    for unit, (x, y) in [(seed, (seed, seed)) for seed in matched] + [(f"{x}/{y}", (x, y)) for x, y in rest]:
+        coefficients: dict[str, float] = defaultdict(float)
+        for run_id in a[x]:
+            coefficients[run_id] += 1 / len(a[x])
+        for run_id in b[y]:
+            coefficients[run_id] -= 1 / len(b[y])  # the same run on both sides cancels: a difference of 0
+        pairs.append((unit, dict(coefficients)))
+    return pairs
 
 
 def paired(row: dict, treated: pd.DataFrame, reference: pd.DataFrame) -> Comparison:
     """treated − reference, unit by unit (`_pairs`)."""
-    pairs = _pairs(_by_seed(treated), _by_seed(reference))
-    return Comparison(row, [(unit, {a: 1.0, b: -1.0}) for unit, a, b in pairs])
+    return Comparison(row, _pairs(_by_seed(treated), _by_seed(reference)))
 
 
 def against_baseline(finished: pd.DataFrame, factors: list[str], baseline: tuple) -> list[Comparison]:
@@ -113,9 +123,9 @@ def main_effects(finished: pd.DataFrame, factors: list[str], baseline: tuple) ->
                 continue
             at = finished[values == level]
             pairs = [
-                (unit, {a: 1.0, b: -1.0})
+                pair
                 for block in blocks[at.index].unique()
-                for unit, a, b in _pairs(
+                for pair in _pairs(
                     _by_seed(at[blocks[at.index] == block]), _by_seed(reference[blocks[reference.index] == block])
                 )
             ]
@@ -136,16 +146,19 @@ def interactions(finished: pd.DataFrame, factors: list[str], baseline: tuple) ->
         rest = [f for f in factors if f not in (a, b)]
         block = finished[rest].fillna(UNSET).astype(str).agg("|".join, axis=1) if rest else seeds.map(lambda _: "")
         va, vb = (finished[f].fillna(UNSET).astype(str) for f in (a, b))
-        run_at = {(va[j], vb[j], block[j], seeds[j]): finished.at[j, "run_id"] for j in finished.index}
+        run_at: dict[tuple, list[str]] = defaultdict(list)  # a cell's runs at one seed: averaged, like `_by_seed`
+        for j in finished.index:
+            run_at[(va[j], vb[j], block[j], seeds[j])].append(finished.at[j, "run_id"])
         for level_a, level_b in itertools.product(_levels(finished, a), _levels(finished, b)):
             if level_a == baseline[ia] or level_b == baseline[ib]:
                 continue
             cells = [(level_a, level_b), (baseline[ia], level_b), (level_a, baseline[ib]), (baseline[ia], baseline[ib])]
             blocks = []
             for where in sorted({(block[j], seeds[j]) for j in finished.index}):
-                runs = [run_at.get((x, y, *where)) for x, y in cells]
-                if None not in runs:
-                    blocks.append((where[1], dict(zip(runs, INTERACTION, strict=True))))
+                runs = [run_at.get((x, y, *where), []) for x, y in cells]
+                if all(runs):
+                    coefficients = {r: c / len(cell) for cell, c in zip(runs, INTERACTION, strict=True) for r in cell}
+                    blocks.append((where[1], coefficients))
             row = {"factor_a": a, "level_a": level_a, "reference_a": baseline[ia]}
             row |= {"factor_b": b, "level_b": level_b, "reference_b": baseline[ib]}
             comparisons.append(Comparison(row, blocks))
@@ -195,7 +208,7 @@ def judge_all(
         for metric in metrics:
             diffs = [sum(c * by_id.at[r, metric] for r, c in unit.items()) for unit in units.values()]
             image = _image_values(boot, list(units.values()), metric)
-            judged = judge(diffs, image, margin=margins[metric], level=1 - alpha)
+            judged = judge(diffs, image, margin=margins[metric])  # 95% intervals; the words at `alpha`
             if len(diffs) == 1:  # no claim; what one pair shows, and what the study's spread says it would need
                 image_var = float(np.var(image[:, 0], ddof=1)) if image is not None else 0.0
                 judged |= {"diff": diffs[0], "image_var": image_var}

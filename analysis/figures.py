@@ -147,7 +147,7 @@ def effects_plot(effects: pd.DataFrame, factors: list[str], baseline_label: str,
         ax.axvline(0, color="0.3", lw=1)
         ax.set_xlabel(xlabel)
         ax.set_yticks(y, labels)
-    axes[0, 0].legend(loc="best", fontsize=8)
+    axes[0, -1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False, title="verdict")
     fig.suptitle(f"Effect vs baseline ({baseline_label}): mean difference over paired seeds, 95% interval, verdict")
     fig.tight_layout()
     return _save(fig, path)

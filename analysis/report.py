@@ -125,7 +125,7 @@ def decisions(study: Study, alpha: float, metric: str) -> pd.DataFrame:
         built = comparisons.designed(finished, factors, compared)
     else:
         built = comparisons.main_effects(finished, factors, baseline)
-    judged = comparisons.judge_all(built, finished, boot, metrics=(metric,), alpha=alpha)
+    judged = comparisons.judge_all(built, finished, boot, metrics=(metric,), alpha=alpha, factors=factors)
     if judged.empty:
         return pd.DataFrame(columns=["comparison", "seeds", "diff", "ci_low", "ci_high", "verdict"])
     names = judged["cell"] if "cell" in judged else judged["factor"] + "=" + judged["level"]

@@ -90,10 +90,13 @@ def _data_record_blocks(record: dict | None, run_id: str) -> list:
     return blocks
 
 
-RULE = (
-    "each comparison judged on the configuration: seeds as the replicates, the test images as a second source of "
-    "noise; Holm per metric; 95% intervals"
-)
+def _rule(alpha: float) -> str:
+    """How every verdict was reached, in the words the report uses wherever it shows one."""
+    level = "" if alpha == 0.05 else f" at alpha {alpha:.4g} (a seeds=auto sweep: 0.05 over its looks)"
+    return (
+        "each comparison judged on the configuration: seeds as the replicates, the test images as a second source "
+        f"of noise; Holm per metric{level}; 95% intervals"
+    )
 
 
 def _what(row: pd.Series) -> str:
@@ -133,7 +136,7 @@ def verdict_lines(judged: pd.DataFrame) -> list[str]:
     """The decided comparisons on the key metrics by their word, then the undecided ones summed up."""
     shown = judged[judged["metric"].isin(HEADLINE_METRICS) & judged["verdict"].notna()]
     decided = shown[shown["verdict"] != "undecided"]
-    lines = ["; ".join(_claim(r) for _, r in decided.iterrows())] if len(decided) else []
+    lines = ["; ".join(_claim(r) for _, r in decided.iterrows()) + "."] if len(decided) else []
     undecided = shown[shown["verdict"] == "undecided"]
     if len(undecided):
         lines.append(_undecided(undecided))
@@ -161,7 +164,8 @@ def _summary(tables: Tables) -> list[str]:
         judged = _judged(tables)
         words = verdict_lines(judged) if len(judged) and "verdict" in judged else []
         lines.append(
-            f"**Verdicts** ({RULE}): " + (words[0] if words and not words[0].startswith("**") else "none decided.")
+            f"**Verdicts** ({_rule(tables.verdict.alpha)}): "
+            + (words[0] if words and not words[0].startswith("**") else "none decided.")
         )
         lines += [w for w in words if w.startswith("**Undecided")]
     best, on_validation = _best(table)
@@ -298,8 +302,9 @@ def _design_blocks(tables: Tables) -> list:
         ]
     shown["seeds"] = list(eff[eff["metric"] == KEY_METRICS[0]].set_index("cell").loc[order, "pairs"])
     note = (
-        f" Verdicts: {RULE}. They are the design's answer, so the report shows no main effects: in this design each "
-        "factor's other level exists only in its own cell, and pooling would repeat these comparisons "
+        f" Verdicts: {_rule(tables.verdict.alpha)}. They are the design's answer, so the report shows no main "
+        "effects: in this design each factor's other level exists only in its own cell, and pooling would repeat "
+        "these comparisons "
         "(`main_effects.csv` and `effects_table.csv` still hold them)."
     )
     return [
@@ -357,7 +362,7 @@ def _verdict_blocks(tables: Tables) -> list:
     blocks += _planning_blocks(v.planning, factors, v.halfwidth)
     blocks += _calibration_blocks(v.calibration)
     if v.interactions is not None:
-        blocks += _interaction_blocks(v.interactions, v.anova)
+        blocks += _interaction_blocks(v.interactions, v.anova, v.alpha)
     return blocks
 
 
@@ -393,7 +398,7 @@ def _planning_blocks(planning: pd.DataFrame, factors: list[str], halfwidth: floa
     ]
 
 
-def _interaction_blocks(interactions: pd.DataFrame, anova_table: pd.DataFrame | None) -> list:
+def _interaction_blocks(interactions: pd.DataFrame, anova_table: pd.DataFrame | None, alpha: float) -> list:
     shown = interactions[interactions["metric"].isin(KEY_METRICS)]
     table = pd.DataFrame(
         {
@@ -416,7 +421,7 @@ def _interaction_blocks(interactions: pd.DataFrame, anova_table: pd.DataFrame | 
             "p",
             "In a full factorial: how much one factor's effect changes with another's level, (a, b) − (a₀, b) − "
             "(a, b₀) + (a₀, b₀), per seed over the blocks (other factors' levels) that hold all four cells; "
-            f"{RULE}.",
+            f"{_rule(alpha)}.",
         ),
         ("table", table),
     ]
@@ -519,7 +524,8 @@ def _method(aliases: dict[str, list[str]], replicates: int) -> list[str]:
         "every run is scored on the same images). Adding the two half-widths in quadrature keeps each part's own "
         "quantile; Satterthwaite's pooled degrees of freedom under-covered at 2 seeds in our simulations. "
         "p-value: the level at which the interval reaches 0; Holm per metric over a table (`p_holm`). "
-        "**better** / **worse**: p_holm < 0.05; **equivalent**: two one-sided tests against the metric's margin "
+        "**better** / **worse**: p_holm < alpha (0.05; a seeds=auto sweep's 0.05 over its looks); **equivalent**: "
+        "two one-sided tests against the metric's margin "
         "(`margin`), Holm-adjusted too; **undecided** otherwise, and always with fewer than two paired seeds. "
         "Measured: false better/worse at most 1.4% at 2, 3 and 5 seeds in 2,000 simulated null studies each, and "
         "the A/A check on the images (docs/verdicts.md).",
@@ -588,7 +594,7 @@ def _effect_blocks(tables: Tables) -> list:
                 "p",
                 "Each level of a factor pooled over the other factors and seeds, and its difference to the "
                 "reference level (the baseline's): per seed, averaged over the other factors' levels where both "
-                f"cells ran; {RULE}.",
+                f"cells ran; {_rule(tables.verdict.alpha)}.",
             ),
             ("table", _shown_main(tables.main)),
         ]
@@ -598,8 +604,8 @@ def _effect_blocks(tables: Tables) -> list:
             (
                 "p",
                 f"Configuration − baseline ({label(tables.baseline, factors)}), paired on the seed: mean difference "
-                f"[95% interval] and the verdict; {RULE} (`effects_table.csv` holds p, P(better) and the seeds that "
-                "would decide it).",
+                f"[95% interval] and the verdict; {_rule(tables.verdict.alpha)} (`effects_table.csv` holds p, "
+                "P(better) and the seeds that would decide it).",
             ),
             ("img", "effects.png", "Forest plot of the effects versus the baseline"),
             ("table", _shown_effects(tables.effects, factors)),

@@ -64,6 +64,7 @@ class Verdict:
     designed: pd.DataFrame | None = None  # loco, one_at_a_time: each cell against its reference, judged
     calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # the A/A check, where seeds allow
     margins: dict = field(default_factory=lambda: dict(MARGINS))
+    alpha: float = ALPHA  # the verdicts' level: 0.05, or a seeds=auto sweep's level per look
 
 
 def _seeds(runs: pd.DataFrame) -> pd.Series:
@@ -195,6 +196,7 @@ def verdict(
         replicates=boot.replicates if boot else 0,
         halfwidth=halfwidth,
         designed=designed,
-        calibration=calibrate(finished, factors, boot),
+        calibration=calibrate(finished, factors, boot, margins=margins),
         margins=margins,
+        alpha=alpha,
     )

@@ -94,3 +94,20 @@ def test_the_aa_check_splits_one_configurations_seeds_and_finds_no_difference():
     assert (table["false_rate"] <= 0.1).all()  # nothing differs: the rule seldom says better or worse
     assert (table["false_low"] <= table["false_rate"]).all() and (table["false_rate"] <= table["false_high"]).all()
     assert calibrate(frame.head(5), ["dropout"], images).empty  # fewer than six seeds: no check
+
+
+def test_a_cell_whose_runs_are_its_references_is_equivalent_not_worse():
+    """A loco component whose removal is already the baseline's value: resume sends both cells to the same runs."""
+    frame = study({"0": 0.0}, seeds=3, noise=0.01)
+    built = comparisons.designed(frame, ["dropout"], [("-dropout", ("0",), ("0",))])
+    row = comparisons.judge_all(built, frame, None, metrics=("test_auc",)).iloc[0]
+    assert row["diff"] == 0 and row["verdict"] == "equivalent"
+
+
+def test_two_runs_of_one_configuration_and_seed_are_averaged_not_dropped():
+    frame = study({"0": 0.0, "0.5": 0.02}, seeds=3, noise=0.002)
+    again = frame[frame["dropout"] == "0.5"].assign(run_id=lambda f: f["run_id"] + "-again", test_auc=0.5)
+    row = judged(pd.concat([frame, again], ignore_index=True)).loc["0.5"]
+    treated = (frame.loc[frame["dropout"] == "0.5", "test_auc"].to_numpy() + 0.5) / 2
+    assert row["pairs"] == 3
+    assert row["diff"] == pytest.approx(np.mean(treated - frame.loc[frame["dropout"] == "0", "test_auc"].to_numpy()))

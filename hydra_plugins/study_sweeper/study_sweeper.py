@@ -182,7 +182,10 @@ class StudySweeper(Sweeper):
 
         rule = self.auto_seeds
         seeds = max(len(entry["jobs"]) for entry in record["cells"])
-        trained = [c for c, e in zip(cells, record["cells"], strict=True) if any(j.get("run_id") for j in e["jobs"])]
+        done = ("FINISHED", "SKIPPED")
+        trained = [
+            c for c, e in zip(cells, record["cells"], strict=True) if any(j.get("status") in done for j in e["jobs"])
+        ]
         parent = sweep.parent_of(sweep_dir)
         try:
             judged = decisions(load_study(parent["tracking_uri"], sweep=parent["run_id"]), rule.alpha, rule.metric)
