@@ -105,10 +105,12 @@ def test_weight_average_is_what_validation_saw_and_what_is_kept(tiny_cfg):
     plain = train(tiny_cfg)
     tiny_cfg.optimizer.ema = 0.9
     result = train(tiny_cfg)
-    # The average leaves training alone (but for the round-off of Keras' in-place arithmetic swap) and
-    # changes what validation sees.
-    assert result.history["loss"] == pytest.approx(plain.history["loss"], rel=1e-5)
-    assert result.history["val_loss"] != plain.history["val_loss"]
+    # The average leaves training alone and changes what validation sees. Training differs only by the round-off of
+    # Keras' in-place swap, which depends on the CPU's kernels (2e-5 relative on an AMD EPYC, 1e-7 on Intel): 1e-3
+    # allows any of it; measured here: 1e-7 against a validation change of 7e-3, so the claim holds by far.
+    train_change = np.max(np.abs(np.subtract(result.history["loss"], plain.history["loss"])) / plain.history["loss"])
+    val_change = np.max(np.abs(np.subtract(result.history["val_loss"], plain.history["val_loss"])))
+    assert train_change < 1e-3 and val_change > 10 * train_change * max(plain.history["loss"])
     val = result.data.val
     # The kept model is the average at the best epoch: it reproduces that epoch's validation loss,
     # which the training weights (what a run without the swap keeps) do not.
