@@ -54,6 +54,8 @@ class Recipe:
     """What one run trains, as plain values read once from its config (`Recipe.of(cfg)`)."""
 
     seed: int
+    precision: str  # Keras' mixed-precision policy
+    deterministic: bool
     epochs: int
     batch_size: int
     network: dict  # `ablation.models.build_model`'s arguments, less the input shape
@@ -84,6 +86,8 @@ class Recipe:
         model = cfg.model
         return cls(
             seed=cfg.seed,
+            precision=str(trainer.precision),
+            deterministic=trainer.deterministic,
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
             network={
@@ -235,8 +239,8 @@ def train(
     cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (), data: ChestXray | None = None
 ) -> TrainResult:
     """Train one configuration on the real data and evaluate it once on the test split."""
-    backend.set_up(cfg.seed, str(cfg.trainer.precision), cfg.trainer.deterministic)
     recipe = Recipe.of(cfg)
+    backend.set_up(recipe.seed, recipe.precision, recipe.deterministic)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     data = data or load_data(seed=recipe.seed, **recipe.data)

@@ -37,8 +37,6 @@ from scipy import optimize, special, stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from ablation.contract import MARGINS  # noqa: F401  (re-exported: the report's margins, next to its rule)
-
 LEVEL = 0.95
 ALPHA = 0.05
 VERDICTS = ("better", "worse", "equivalent", "undecided")
@@ -172,12 +170,19 @@ def judge(diffs, image_diffs=None, margin: float = 0.01, level: float = LEVEL, b
     }
 
 
-def _holm(p_values: np.ndarray) -> np.ndarray:
-    """Holm-adjusted p-values, NaN (no test) left out of the family and kept NaN."""
+def holm(p_values) -> np.ndarray:
+    """Holm-adjusted p-values (statsmodels' `multipletests`), NaN (no test) left out of the family and kept NaN."""
+    p_values = np.asarray(p_values, dtype=float)
     adjusted = np.full(len(p_values), math.nan)
     tested = ~np.isnan(p_values)
     if tested.any():
-        adjusted[tested] = multipletests(p_values[tested], method="holm")[1]
+        # statsmodels' Holm calls gc.collect() each time: seconds over many families in a process holding MLflow and
+        # pandas. Frozen objects are left out of that scan; they are unfrozen right after.
+        gc.freeze()
+        try:
+            adjusted[tested] = multipletests(p_values[tested], method="holm")[1]
+        finally:
+            gc.unfreeze()
     return adjusted
 
 
@@ -185,17 +190,11 @@ def decide(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """Holm within each metric on both p-values, then each row's verdict (every test metric: higher is better)."""
     table = table.copy()
     families = table.groupby("metric", sort=False).indices.values()
-    # statsmodels' Holm calls gc.collect() each time: seconds over many families in a process holding MLflow
-    # and pandas. Frozen objects are left out of that scan; they are unfrozen right after.
-    gc.freeze()
-    try:
-        for source, target in (("p_value", "p_holm"), ("p_equivalence", "p_equivalence_holm")):
-            p_values, adjusted = table[source].to_numpy(dtype=float), np.full(len(table), math.nan)
-            for rows in families:
-                adjusted[rows] = _holm(p_values[rows])
-            table[target] = adjusted
-    finally:
-        gc.unfreeze()
+    for source, target in (("p_value", "p_holm"), ("p_equivalence", "p_equivalence_holm")):
+        p_values, adjusted = table[source].to_numpy(dtype=float), np.full(len(table), math.nan)
+        for rows in families:
+            adjusted[rows] = holm(p_values[rows])
+        table[target] = adjusted
     significant = table["p_holm"] < alpha  # NaN compares False: no claim
     table["verdict"] = np.select(
         [significant & (table["diff"] > 0), significant & (table["diff"] < 0), table["p_equivalence_holm"] < alpha],

@@ -11,6 +11,7 @@ and `analysis.compare.decide` applies Holm per metric over a table.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import defaultdict
@@ -105,6 +106,13 @@ def designed(finished: pd.DataFrame, factors: list[str], cells: list[tuple[str, 
     ]
 
 
+def _blocks(finished: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Each run's levels of `columns`, as one text key ("" without columns): the block it is compared within."""
+    if not columns:
+        return pd.Series("", index=finished.index)
+    return finished[columns].fillna(UNSET).astype(str).agg("|".join, axis=1)
+
+
 def _levels(finished: pd.DataFrame, factor: str) -> list[str]:
     return sorted(finished[factor].fillna(UNSET).astype(str).unique(), key=level_key)
 
@@ -114,9 +122,8 @@ def main_effects(finished: pd.DataFrame, factors: list[str], baseline: tuple) ->
     where both cells were run."""
     comparisons = []
     for i, factor in enumerate(factors):
-        others = [f for f in factors if f != factor]
         values = finished[factor].fillna(UNSET).astype(str)
-        blocks = finished[others].fillna(UNSET).astype(str).agg("|".join, axis=1) if others else values.map(len) * 0
+        blocks = _blocks(finished, [f for f in factors if f != factor])
         reference = finished[values == baseline[i]]
         for level in _levels(finished, factor):
             if level == baseline[i]:
@@ -143,8 +150,7 @@ def interactions(finished: pd.DataFrame, factors: list[str], baseline: tuple) ->
     seeds = _seed_of(finished)
     for a, b in itertools.combinations(factors, 2):
         ia, ib = factors.index(a), factors.index(b)
-        rest = [f for f in factors if f not in (a, b)]
-        block = finished[rest].fillna(UNSET).astype(str).agg("|".join, axis=1) if rest else seeds.map(lambda _: "")
+        block = _blocks(finished, [f for f in factors if f not in (a, b)])
         va, vb = (finished[f].fillna(UNSET).astype(str) for f in (a, b))
         run_at: dict[tuple, list[str]] = defaultdict(list)  # a cell's runs at one seed: averaged, like `_by_seed`
         for j in finished.index:
@@ -200,7 +206,7 @@ def judge_all(
     comparison of one paired seed shows its difference and, from the spread pooled over `factors`' configurations,
     the paired seeds that would decide it; it makes no claim."""
     margins = {**MARGINS, **(margins or {})}
-    spread = {m: pooled_spread(finished, factors or [], m) for m in metrics}
+    spread = functools.cache(lambda metric: pooled_spread(finished, factors or [], metric))  # for one-pair rows
     by_id = finished.set_index("run_id")
     rows = []
     for comparison in comparisons:
@@ -212,13 +218,13 @@ def judge_all(
             if len(diffs) == 1:  # no claim; what one pair shows, and what the study's spread says it would need
                 image_var = float(np.var(image[:, 0], ddof=1)) if image is not None else 0.0
                 judged |= {"diff": diffs[0], "image_var": image_var}
-                needed = seeds_needed(spread[metric], image_var, diffs[0], margins[metric], alpha=alpha)
+                needed = seeds_needed(spread(metric), image_var, diffs[0], margins[metric], alpha=alpha)
                 judged["seeds_needed"] = needed
             replicates = boot.resample_seeds(image, (comparison.row, metric)) if image is not None else None
             low, high = interval(replicates) if replicates is not None else (math.nan, math.nan)
             booted = {"boot_low": low, "boot_high": high}
             booted["p_boot"] = p_value(replicates) if replicates is not None else math.nan
-            judged = {key: value for key, value in judged.items() if key != "n"}  # the pairs: `pairs`
-            rows.append({**comparison.row, "metric": metric, "test": RULE, "pairs": len(units), **judged, **booted})
+            pairs = judged.pop("n")  # the paired seeds judged: a seed without the metric drops out
+            rows.append({**comparison.row, "metric": metric, "test": RULE, "pairs": pairs, **judged, **booted})
     table = pd.DataFrame(rows)
     return decide(table, alpha) if len(table) else table

@@ -7,7 +7,6 @@ clipped to the metric's range; the comparisons between configurations are `analy
 
 from __future__ import annotations
 
-import gc
 import math
 
 import numpy as np
@@ -15,10 +14,10 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 from statsmodels.stats.anova import anova_lm
-from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from ablation.contract import KEPT_METRICS, TEST_METRICS, is_configuration_key, same_level
+from analysis.compare import holm
 from analysis.runs import AnalysisError
 
 LEVEL = 0.95
@@ -170,22 +169,6 @@ def stability(runs: pd.DataFrame, factors: list[str], per_run: pd.DataFrame) -> 
             row[col] = group[col].mean()
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm-adjusted p-values (statsmodels' `multipletests`), NaN where the raw one is NaN."""
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full_like(p, np.nan)
-    finite = np.isfinite(p)
-    if finite.any():
-        # statsmodels' Holm branch calls gc.collect(): about a second in a process holding MLflow and pandas.
-        # Frozen objects are left out of that scan, so it costs nothing; they are unfrozen right after.
-        gc.freeze()
-        try:
-            adjusted[finite] = multipletests(p[finite], method="holm")[1]
-        finally:
-            gc.unfreeze()
-    return adjusted
 
 
 def holm_by_metric(table: pd.DataFrame, p_column: str, rows=None) -> pd.Series:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ablation.contract import MARGINS, TEST_METRICS
+from ablation.contract import TEST_METRICS
 from analysis import comparisons
 from analysis.bootstrap import Bootstrap, ScoredRuns, interval
 from analysis.calibrate import calibrate
@@ -63,7 +63,6 @@ class Verdict:
     halfwidth: float
     designed: pd.DataFrame | None = None  # loco, one_at_a_time: each cell against its reference, judged
     calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # the A/A check, where seeds allow
-    margins: dict = field(default_factory=lambda: dict(MARGINS))
     alpha: float = ALPHA  # the verdicts' level: 0.05, or a seeds=auto sweep's level per look
 
 
@@ -162,7 +161,6 @@ def verdict(
     alpha: float = ALPHA,
 ) -> Verdict:
     """Every comparison of the study judged at level `alpha`, with the tables around them."""
-    margins = {**MARGINS, **(margins or {})}
     boot = Bootstrap(predictions, **({"replicates": replicates} if replicates else {})) if predictions else None
 
     def judged(built: list[comparisons.Comparison]) -> pd.DataFrame:
@@ -175,12 +173,11 @@ def verdict(
         interactions = judged(comparisons.interactions(finished, factors, baseline))
     ensembles = ensemble_effects_table = pd.DataFrame()
     if predictions is not None:
-        runs_of = {
-            key: list(_seeds(finished[config_keys(finished, factors).map(key.__eq__)]).sort_index())
-            for key in ordered_configs(finished, factors)
+        configs, keys = ordered_configs(finished, factors), config_keys(finished, factors)
+        runs_of = {  # each configuration's scored runs, in seed order
+            key: [r for r in _seeds(finished[keys.map(key.__eq__)]).sort_index() if r in predictions.run_ids]
+            for key in configs
         }
-        runs_of = {key: [r for r in ids if r in predictions.run_ids] for key, ids in runs_of.items()}
-        configs = ordered_configs(finished, factors)
         ensembles = ensemble_table(predictions, configs, factors, runs_of, finished)
         ensemble_effects_table = ensemble_effects(predictions, configs, factors, runs_of, baseline)
         ensemble_effects_table = ensemble_effects_table.assign(p_holm=holm_by_metric(ensemble_effects_table, "p_value"))
@@ -197,6 +194,5 @@ def verdict(
         halfwidth=halfwidth,
         designed=designed,
         calibration=calibrate(finished, factors, boot, margins=margins),
-        margins=margins,
         alpha=alpha,
     )

@@ -186,17 +186,20 @@ class StudySweeper(Sweeper):
         trained = [
             c for c, e in zip(cells, record["cells"], strict=True) if any(j.get("status") in done for j in e["jobs"])
         ]
-        parent = sweep.parent_of(sweep_dir)
-        try:
-            judged = decisions(load_study(parent["tracking_uri"], sweep=parent["run_id"]), rule.alpha, rule.metric)
-        except (AnalysisError, TypeError):  # no parent yet, or nothing finished: nothing to judge
-            judged = pd.DataFrame(columns=["comparison", "verdict"])
+        parent = sweep.parent_of(sweep_dir)  # none until a job trains
+        judged = pd.DataFrame(columns=["comparison", "verdict"])
+        if parent and trained:
+            try:
+                judged = decisions(load_study(parent["tracking_uri"], sweep=parent["run_id"]), rule.alpha, rule.metric)
+            except AnalysisError:  # e.g. the finished runs were skipped to and none of this sweep finished
+                pass
         decision = rule.decide(list(judged["verdict"]), seeds, len(trained))
         lines = judged.to_dict("records")
         record["rounds"].append({"seeds": seeds, "decision": decision, "comparisons": lines})
         sweep.record_design(sweep_dir, record)
         heading = f"Seeds, round {len(record['rounds'])} ({seeds} per cell): the {rule.metric} verdicts"
-        limits = f"each look at alpha {rule.alpha:.4g} = 0.05 / {rule.looks} looks; at most {rule.max_seeds} seeds"
+        limits = f"each look at alpha {rule.alpha:.4g} = {rule.alpha_total} / {rule.looks} looks"
+        limits += f"; at most {rule.max_seeds} seeds"
         table = pd.DataFrame(lines).to_string(index=False, float_format="{:.4f}".format) if lines else "(none yet)"
         print(f"\n{heading} ({limits})\n{table}\n{decision}", flush=True)
         return [(cell, seeds) for cell in trained] if decision == "another seed" else []
