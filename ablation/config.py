@@ -167,6 +167,13 @@ class VerdictConf:  # how the end-of-sweep report judges comparisons (analysis.c
 
 
 @dataclass
+class PackConf:  # seeds of one configuration trained in one job (ablation.job, ablation.workers); not a configuration
+    seeds: list[int] = field(default_factory=list)  # set by the study sweeper's pack_seeds; [] trains `seed` alone
+    workers: Any = "auto"  # processes that train them side by side: auto (one per CPU core) | N (1: in turn, in the
+    # job's own process, the same ops as lone runs)
+
+
+@dataclass
 class PathsConf:
     root: str = MISSING
     runs: str = MISSING
@@ -184,6 +191,7 @@ class Config:
     tracking: TrackingConf = field(default_factory=TrackingConf)
     paths: PathsConf = field(default_factory=PathsConf)
     verdict: VerdictConf = field(default_factory=VerdictConf)
+    pack: PackConf = field(default_factory=PackConf)
     dropout: float = 0.5
     batchnorm: bool = True
     epochs: int = 20

@@ -27,6 +27,7 @@ DEVICES = "ablation.cuda_visible_devices"  # the GPUs a job was pinned to
 OVERRIDES = "hydra.overrides"  # a job's command-line overrides, secrets redacted
 ERROR = "error"  # why a run ended FAILED or KILLED
 PARENT = "mlflow.parentRunId"
+PACK = "ablation.pack"  # on a run trained in a pack: the seeds its job trained together (`pack.seeds`), e.g. "0,1,2,3"
 
 # --- files ----------------------------------------------------------------------------------------------------
 PARENT_FILE = "mlflow_parent.json"  # in the sweep folder: the parent run every job attaches to
@@ -54,7 +55,10 @@ CLASSES = ("NORMAL", "PNEUMONIA")  # label 0 and label 1: the folder names
 # --- configurations -------------------------------------------------------------------------------------------
 # Keys that locate, label or display things rather than define the training: two runs that differ only in them are
 # one configuration (resume skips the second; analysis never takes them for a factor).
-NOT_CONFIGURATION = ("tracking", "paths", "hydra", "verdict", "data.root", "data.cache_dir", "trainer.verbose")
+NOT_CONFIGURATION = (
+    *("tracking", "paths", "hydra", "verdict", "pack"),
+    *("data.root", "data.cache_dir", "trainer.verbose"),
+)
 
 
 def is_configuration_key(key: str) -> bool:

@@ -65,9 +65,11 @@ class BackendError(RuntimeError):
     """A job asks for a Keras backend other than the one already running in its process."""
 
 
-def select_backend(name: str, deterministic: bool) -> None:
+def select_backend(name: str, deterministic: bool, threads: int | None = None) -> None:
     """Make Keras start on backend `name` (`trainer.backend`); under JAX, let several jobs share a card (memory on
-    demand, not 75 % of it up front) and, with `deterministic`, use XLA's deterministic GPU kernels."""
+    demand, not 75 % of it up front) and, with `deterministic`, use XLA's deterministic GPU kernels. `threads`: the
+    CPU threads each op may use (a pack's worker: `ablation.workers`); None leaves the framework's default, one per
+    core."""
     if "keras" in sys.modules:
         running = sys.modules["keras"].backend.backend()
         if running != name:
@@ -77,6 +79,13 @@ def select_backend(name: str, deterministic: bool) -> None:
             )
         return
     os.environ["KERAS_BACKEND"] = name
+    if threads is not None:  # read when the framework starts
+        os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
+        if name == "jax":
+            flags = os.environ.get("XLA_FLAGS", "")
+            os.environ["XLA_FLAGS"] = (
+                f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
+            )
     if name == "jax":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         flags = os.environ.get("XLA_FLAGS", "")

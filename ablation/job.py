@@ -19,7 +19,7 @@ from pathlib import Path
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ablation import contract, devices, interrupts, sweep, tracking
 from ablation.contract import redact
@@ -165,14 +165,15 @@ def open_store(cfg: DictConfig):
     return client, experiment_id
 
 
-def _train_and_log(cfg: DictConfig, client, run_id: str, out_dir: Path) -> dict:
-    """Train, write the run's files, upload them; the fields of the job's line."""
+def _train_and_log(cfg: DictConfig, client, run_id: str, out_dir: Path, warm: dict | None = None) -> dict:
+    """Train, write the run's files, upload them; the fields of the job's line. `warm`: `ablation.train.train`'s.
+    The run's params were logged when it was claimed (`run_job`)."""
     from ablation import artifacts  # Keras and TensorFlow load here, after the GPU is pinned
     from ablation.data import files_digest
     from ablation.train import EpochLogger, train
 
-    tracking.log_params(client, run_id, tracking.run_params(cfg))
-    result = train(cfg, callbacks=[EpochLogger(lambda epoch, m: tracking.log_epoch(client, run_id, epoch, m))])
+    epochs = EpochLogger(lambda epoch, m: tracking.log_epoch(client, run_id, epoch, m))
+    result = train(cfg, callbacks=[epochs], warm=warm)
     tracking.log_outputs(client, run_id, artifacts.write(cfg, result, out_dir / "artifacts"), out_dir / "artifacts")
     counts = result.data.record(cfg.class_weighting.name)["splits"]
     digests = {name: files_digest(getattr(result.data, name).files, cfg.data.root) for name in counts}
@@ -183,21 +184,98 @@ def _train_and_log(cfg: DictConfig, client, run_id: str, out_dir: Path) -> dict:
     return {"test_auc": round(float(auc), 4), monitor: result.kept_metrics[str(cfg.trainer.monitor)]}
 
 
-def run_job(cfg: DictConfig) -> dict:
-    """Run one configuration; returns the job's entry in the sweep table."""
-    job = Job.current()
-    entry: dict = {"job": job.num, "overrides": job.overrides}
+def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """The configuration a lone run of `seed` has: what each seed of a pack trains, logs and is resumed by."""
+    one = cfg.copy()
+    one.seed = seed
+    one.pack.seeds = []
+    one.pack.workers = "auto"
+    return one
 
-    started = time.time()
-    if job.in_sweep:
-        log.info("%s %s", sweep.progress(job.sweep_dir, job.num), job.overrides or "defaults")
 
-    def finish(status: str, error: str | None = None, **fields) -> dict:
+def schema_config(plain: dict) -> DictConfig:
+    """A resolved config sent to another process as a plain dict, typed by the schema again."""
+    from ablation.config import Config
+
+    return OmegaConf.merge(OmegaConf.structured(Config), plain)
+
+
+@dataclass(frozen=True)
+class Seat:
+    """One seed's claimed run in a job."""
+
+    seed: int
+    run_id: str
+    out_dir: Path  # where its files go
+    name: str  # its overrides, as a lone run of the seed would have them
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Where a job's lines go: the sweep's jobs file and the `[k/N]` progress log (`ablation.sweep`), in a sweep."""
+
+    num: int
+    in_sweep: bool
+    sweep_dir: Path
+    started: float
+
+    def write(self, entry: dict, status: str, error: str | None = None, **fields) -> dict:
         entry.update(status=status, **fields, **({"error": error} if error else {}))
-        if job.in_sweep:
-            sweep.append_job(job.sweep_dir, entry)
-            log.info("%s", sweep.progress(job.sweep_dir, job.num, status, time.time() - started))
+        if self.in_sweep:
+            sweep.append_job(self.sweep_dir, entry)
+            which = f" (seed {entry['seed']})" if PACKED in entry else ""
+            log.info("%s%s", sweep.progress(self.sweep_dir, self.num, status, time.time() - self.started), which)
         return entry
+
+
+PACKED = "packed_with"  # a packed seed's line in the jobs file: how many seeds its job trained
+
+
+def train_seats(config: DictConfig | dict, seats: list[Seat], lines: Lines, entries: dict[int, dict]) -> None:
+    """Train each seat's seed in turn, each run ended FINISHED, FAILED or KILLED; an interrupt goes on once its run has
+    ended. One compiled model serves every seed (`ablation.train.train`'s `warm`). Runs in the job's process, or in a
+    pack's worker process (`ablation.workers`), where `config` comes as a plain dict."""
+    cfg = config if isinstance(config, DictConfig) else schema_config(config)
+    client, warm = tracking.client(cfg.tracking.uri), {}
+    for seat in seats:
+        _train_seat(seed_config(cfg, seat.seed), client, seat, lines, entries[seat.seed], warm=warm)
+
+
+def _train_seat(
+    cfg: DictConfig,
+    client,
+    seat: Seat,
+    lines: Lines,
+    entry: dict,
+    parent: str | None = None,
+    raise_failures: bool = False,
+    warm: dict | None = None,
+) -> None:
+    """Train one claimed run inside its lifecycle (`run_lifecycle`), its line written as it ends."""
+    end = lambda outcome: lines.write(entry, outcome.status, outcome.error, **outcome.fields)  # noqa: E731
+    with (
+        run_lifecycle(client, seat.run_id, parent, raise_failures, end, seat.name, seat.out_dir) as outcome,
+        tracking.system_metrics(cfg.tracking.uri, seat.run_id, cfg.tracking.system_metrics_s),
+    ):
+        outcome.fields = _train_and_log(cfg, client, seat.run_id, seat.out_dir, warm)
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """Run one configuration, for `seed` or for each of `pack.seeds`; returns the job's entry in the sweep table (a
+    pack's: its seeds and the mean of their kept validation metric)."""
+    job = Job.current()
+    packed = bool(cfg.pack.seeds)
+    seeds = [int(seed) for seed in cfg.pack.seeds] if packed else [int(cfg.seed)]
+    lines = Lines(job.num, job.in_sweep, job.sweep_dir, time.time())
+    tasks = {seed: _seed_task(job.task, seed) if packed else job.task for seed in seeds}  # a lone run's overrides
+    entries = {
+        seed: {"job": job.num, "seed": seed, "overrides": " ".join(tasks[seed])}
+        | ({PACKED: len(seeds)} if packed else {})
+        for seed in seeds
+    }
+    if job.in_sweep:
+        together = f" (seeds {', '.join(map(str, seeds))} together)" if packed else ""
+        log.info("%s %s%s", sweep.progress(job.sweep_dir, job.num), job.overrides or "defaults", together)
 
     visible = devices.pin_gpu(job.num)  # first: a framework reads CUDA_VISIBLE_DEVICES once, when it starts
     interrupts.install()  # scancel, kill and a closed terminal end the run KILLED, like Ctrl-C
@@ -206,46 +284,118 @@ def run_job(cfg: DictConfig) -> dict:
         devices.select_backend(str(cfg.trainer.backend), cfg.trainer.deterministic)
     except (ConfigError, devices.BackendError) as error:
         log.error("refused %s: %s", job.overrides or "the run", error)
-        finish("REFUSED", error=str(error))
+        for entry in entries.values():
+            lines.write(entry, "REFUSED", error=str(error))
         if job.in_sweep:
-            return entry
+            return entries[seeds[0]]
         raise
 
     client, experiment_id = open_store(cfg)
-    identity, commit = Identity.of(cfg), tracking.git_commit(cfg.paths.root)
+    commit = tracking.git_commit(cfg.paths.root)
     monitor = f"kept_{cfg.trainer.monitor}"
-    if done := already_finished(client, experiment_id, cfg, identity, commit):
-        done_id = done.info.run_id
-        log.info(
-            "skipped (already FINISHED as run %s): %s; tracking.skip_finished=false re-runs it", done_id, job.overrides
-        )
-        return finish("SKIPPED", run_id=done_id, **{monitor: done.data.metrics.get(monitor)})
+    configs = {seed: seed_config(cfg, seed) if packed else cfg for seed in seeds}
+    to_train = []
+    for seed in seeds:
+        identity = Identity.of(configs[seed])
+        if done := already_finished(client, experiment_id, configs[seed], identity, commit):
+            done_id, overrides = done.info.run_id, entries[seed]["overrides"]
+            log.info(
+                "skipped (already FINISHED as run %s): %s; tracking.skip_finished=false re-runs it", done_id, overrides
+            )
+            lines.write(entries[seed], "SKIPPED", run_id=done_id, **{monitor: done.data.metrics.get(monitor)})
+        else:
+            to_train.append((seed, identity))
 
-    tags = {
-        contract.ROLE: contract.JOB,
-        **identity.tags,
-        contract.OVERRIDES: job.overrides,
-        contract.GIT_COMMIT: commit,
-        **tracking.process_tags(),
-        **({contract.DEVICES: visible} if visible is not None else {}),
-    }
     parent = None
-    if job.in_sweep:
+    if to_train and job.in_sweep:
         parent = sweep.parent_run(client, experiment_id, job.sweep_dir, cfg.tracking.uri)
-        tags[contract.PARENT] = parent
-    run_id = tracking.create_run(client, experiment_id, ", ".join(job.task) or cfg.model.name, tags)
-    entry["run_id"] = run_id
-    log.info("MLflow run %s (%s) in experiment %r", run_id, job.overrides or "defaults", cfg.tracking.experiment)
+    seats = []
+    # Each seed claims its run, params logged, before any trains: each one ends with a status and says what it was.
+    for seed, identity in to_train:
+        name = entries[seed]["overrides"]
+        tags = {
+            contract.ROLE: contract.JOB,
+            **identity.tags,
+            contract.OVERRIDES: name,
+            contract.GIT_COMMIT: commit,
+            **tracking.process_tags(),
+            **({contract.DEVICES: visible} if visible is not None else {}),
+            **({contract.PARENT: parent} if parent else {}),
+            **({contract.PACK: ",".join(map(str, seeds))} if packed else {}),
+        }
+        run_id = tracking.create_run(client, experiment_id, ", ".join(tasks[seed]) or cfg.model.name, tags)
+        try:
+            tracking.log_params(client, run_id, tracking.run_params(configs[seed]))
+        except Exception as error:
+            tracking.end_run(client, run_id, "FAILED", redact(f"{type(error).__name__}: {error}"))
+            raise
+        entries[seed]["run_id"] = run_id
+        log.info("MLflow run %s (%s) in experiment %r", run_id, name or "defaults", cfg.tracking.experiment)
+        seats.append(Seat(seed, run_id, job.out_dir / f"seed_{seed}" if packed else job.out_dir, name))
 
-    end = lambda outcome: finish(outcome.status, outcome.error, **outcome.fields)  # noqa: E731
     beat_every = cfg.tracking.heartbeat_timeout_min * 60 / 10
-    with (
-        tracking.heartbeat(client, [run_id, *([parent] if parent else [])], beat_every),
-        run_lifecycle(client, run_id, parent, not job.in_sweep, end, job.overrides, job.out_dir) as outcome,
-        tracking.system_metrics(cfg.tracking.uri, run_id, cfg.tracking.system_metrics_s),
-    ):
-        outcome.fields = _train_and_log(cfg, client, run_id, job.out_dir)
-    return entry
+    with tracking.heartbeat(client, [*(seat.run_id for seat in seats), *([parent] if parent else [])], beat_every):
+        if not packed and seats:
+            [seat] = seats
+            _train_seat(cfg, client, seat, lines, entries[seat.seed], parent, raise_failures=not job.in_sweep)
+        elif seats:
+            _train_pack(cfg, client, seats, parent, lines, entries)
+    if not packed:
+        return entries[seeds[0]]
+    kept = [entries[seed][monitor] for seed in seeds if entries[seed].get(monitor) is not None]
+    return {"seeds": seeds, monitor: sum(kept) / len(kept) if kept else None}
+
+
+def _seed_task(task: list[str], seed: int) -> list[str]:
+    """A packed seed's overrides, as a lone run of it would have them: `pack.*` out, `seed=` in."""
+    return [*(o for o in task if not o.lstrip("+~").startswith(("pack.", "pack=", "seed="))), f"seed={seed}"]
+
+
+def _train_pack(cfg, client, seats: list[Seat], parent: str | None, lines: Lines, entries: dict[int, dict]) -> None:
+    """The pack's seeds in `pack.workers` processes side by side (`ablation.workers`), or, with one worker, in turn in
+    this process. A seed whose worker went away before ending its run is ended here: KILLED after an interrupt, else
+    FAILED with the worker's exit code. Ctrl-C ends the sweep's parent run KILLED, as a lone job's does."""
+    from ablation import workers
+
+    count, threads = workers.plan(cfg.pack.workers, len(seats))
+    shares = [seats[i::count] for i in range(count)]
+    log.info("%d seeds in %d worker(s) side by side, %d thread(s) each", len(seats), count, threads)
+    interrupt, codes = None, [None] * count
+    try:
+        if count == 1:
+            train_seats(cfg, seats, lines, entries)
+        else:
+            plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            work = [(plain, share, lines, entries) for share in shares]
+            codes = workers.side_by_side(
+                train_seats, work, threads, str(cfg.trainer.backend), cfg.trainer.deterministic
+            )
+    except (KeyboardInterrupt, SystemExit) as error:
+        interrupts.take()  # handled here: the store calls that end the seeds must not raise it again
+        interrupt = error
+    monitor = str(cfg.trainer.monitor)
+    for share, code in zip(shares, codes, strict=True):
+        for seat in share:
+            entry = entries[seat.seed]
+            run = client.get_run(seat.run_id)
+            if run.info.status != "RUNNING":  # ended by its worker, which wrote its line: this process learns how
+                fields = {
+                    "test_auc": run.data.metrics.get("test_auc"),
+                    f"kept_{monitor}": run.data.metrics.get(f"kept_{monitor}"),
+                }
+                entry.update(status=run.info.status, **{k: v for k, v in fields.items() if v is not None})
+            elif interrupt is not None:
+                why = _killed_message(interrupt)[:-1] + ", before this seed ended)"
+                tracking.end_run(client, seat.run_id, "KILLED", why)
+                lines.write(entry, "KILLED", why)
+            else:
+                why = f"its worker process ended (exit code {code}) before this seed did"
+                tracking.end_run(client, seat.run_id, "FAILED", why)
+                lines.write(entry, "FAILED", why)
+    if interrupt is not None:
+        if parent and isinstance(interrupt, KeyboardInterrupt):
+            tracking.end_run(client, parent, "KILLED", _killed_message(interrupt))
+        raise interrupt
 
 
 def objective(entry: dict, cfg: DictConfig) -> float:

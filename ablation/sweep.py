@@ -80,15 +80,16 @@ def progress(sweep_dir: Path, num: int, status: str | None = None, seconds: floa
         design = json.loads((sweep_dir / DESIGN_FILE).read_text())
     except (OSError, ValueError):  # another sweeper (Optuna) writes none; progress is never worth a failure
         design = {}
-    total = sum(len(cell["jobs"]) for cell in design.get("cells", [])) or None
-    head = f"[{num + 1}/{total or '?'}]"
+    planned = [job for cell in design.get("cells", []) for job in cell["jobs"]]  # one per seed
+    jobs = len({job["job"] for job in planned}) or None
+    head = f"[{num + 1}/{jobs or '?'}]"
     if status is None or seconds is None:
         return head
-    done = len(read_jobs(sweep_dir))
+    total, done = len(planned), len(read_jobs(sweep_dir))
     left = ""
     if total and design.get("started") and done:
         rest = (time.time() - design["started"]) / done * max(total - done, 0)
-        left = f"; about {_duration(rest)} left for the sweep ({done} of {total} jobs done)" if total > done else ""
+        left = f"; about {_duration(rest)} left for the sweep ({done} of {total} runs done)" if total > done else ""
     return f"{head} {status} in {_duration(seconds)}{left}"
 
 
@@ -105,12 +106,15 @@ def append_job(sweep_dir: Path, entry: dict) -> None:
 
 
 def read_jobs(sweep_dir: Path) -> pd.DataFrame:
-    """One row per job, its last line: a job requeued by its scheduler (SLURM preemption) has one per attempt."""
+    """One row per job and seed (a pack's job has one per seed), its last line: a job requeued by its scheduler (SLURM
+    preemption) has one per attempt."""
     jobs_file = sweep_dir / JOBS_FILE
     jobs = [json.loads(line) for line in jobs_file.read_text().splitlines()] if jobs_file.exists() else []
     if not jobs:
         return pd.DataFrame()
-    return pd.DataFrame(jobs).drop_duplicates("job", keep="last").sort_values("job")
+    table = pd.DataFrame(jobs)
+    keys = ["job", "seed"] if "seed" in table else ["job"]  # lines written before they had a seed: one per job
+    return table.drop_duplicates(keys, keep="last").sort_values(keys)
 
 
 def dry_run(config: DictConfig) -> bool:

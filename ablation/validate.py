@@ -133,6 +133,22 @@ def _model_and_data(model: DictConfig, data: DictConfig) -> None:
     )
 
 
+def _pack(pack: DictConfig) -> None:
+    seeds, workers = list(pack.seeds), pack.workers
+    _check(
+        all(seed >= 0 for seed in seeds) and len(set(seeds)) == len(seeds),
+        "pack.seeds",
+        seeds,
+        "[] (train `seed` alone) or distinct seeds >= 0, e.g. [0,1,2,3]",
+    )
+    _check(
+        workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1),
+        "pack.workers",
+        workers,
+        "auto (one per CPU core) or an int >= 1",
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Refuse an unknown key or an out-of-range value, naming the key, the value and what is allowed."""
     _top_level(cfg)
@@ -140,3 +156,4 @@ def validate(cfg: DictConfig) -> None:
     _augmentation(cfg.augmentation)
     _trainer(cfg.trainer, cfg.class_weighting.name)
     _model_and_data(cfg.model, cfg.data)
+    _pack(cfg.pack)

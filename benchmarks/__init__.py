@@ -5,6 +5,8 @@ Shared here, free of any framework import: the project's config as `python -m ab
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -22,3 +24,8 @@ def compose(*overrides: str) -> DictConfig:
     register()
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def log(message: str) -> None:
+    """A benchmark's progress line, on stderr (stdout carries its figures)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

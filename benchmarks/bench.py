@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks import PROJECT, compose
+from benchmarks import PROJECT, compose, log
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
@@ -52,9 +52,11 @@ from ablation.models import build_model, build_resnet50  # noqa: E402
 from ablation.train import Recipe, compile_model  # noqa: E402
 from benchmarks.backends import measure_backends  # noqa: E402
 from benchmarks.gpu import H200_BF16_TFLOPS, TRAIN_GFLOP_224  # noqa: E402
+from benchmarks.seeds import measure_seeds  # noqa: E402
 
-# The accelerator section runs by default only where TensorFlow sees a GPU.
-SECTIONS = ("load", "pipeline", "epochs", "eval", "sweep", "resnet50", "backends", "accelerator", "report")
+# The accelerator section runs by default only where TensorFlow sees a GPU; seeds (several minutes of sweeps) only
+# when asked for (`--only seeds`).
+SECTIONS = ("load", "pipeline", "epochs", "eval", "sweep", "resnet50", "backends", "accelerator", "report", "seeds")
 # Figure -> (comparison, bound): what the issue asks of this 2-core machine.
 TARGETS = {
     "pipeline_over_cnn": (">=", 10.0),
@@ -63,11 +65,9 @@ TARGETS = {
     "resnet50_ours_over_keras": (">=", 0.95),
     "naive_over_ours": (">", 1.0),
     "report_36_runs_s": ("<", 30.0),
+    "seeds_quick_packed_over_lone": (">=", 2.0),
+    "seeds_best_packed_over_lone": (">=", 2.0),
 }
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def median(values: Iterable[float]) -> float:
@@ -652,6 +652,20 @@ ROWS = (  # (figure, unit, what it is)
     ("resnet50_ours_over_keras_cpu", "x", "Keras' / ours, CPU time per image"),
     ("report_36_runs_s", "s", "python -m analysis report, 36 runs, 2,000 bootstrap replicates, everything"),
     ("report_statistics_s", "s", "its tables alone (t, bootstrap, ensembles, planning, interactions)"),
+    *(
+        row
+        for preset in ("quick", "best")
+        for mechanism, how in (
+            ("lone", "a job per seed"),
+            ("packed", "pack_seeds, one worker a core"),
+            ("packed_in_turn", "pack_seeds, pack.workers=1"),
+        )
+        for row in (
+            (f"seeds_{preset}_{mechanism}_per_hour", "/h", f"{preset}: seeds per hour, {how}"),
+            (f"seeds_{preset}_{mechanism}_over_lone", "x", f"{preset}: {how} / a job per seed"),
+            (f"seeds_{preset}_{mechanism}_vs_lone_max_abs_diff", "", f"{preset}: largest test-metric difference"),
+        )
+    ),
 )
 
 
@@ -670,9 +684,11 @@ def table(figures: dict, met: dict[str, bool]) -> str:
             target = f"{op}{bound:g} " + ("ok" if met.get(key) else "MISSED")
         lines.append(f"{key:<42}{shown + (' ' + unit if unit else ''):>16}  {target:<14}{what}")
     known = {row[0] for row in ROWS}
-    for key, value in figures.items():  # the accelerator section's figures
+    for key, value in figures.items():  # the accelerator section's figures; the seeds section's A/A verdicts
         if key.endswith("_img_s") and key not in known:
             lines.append(f"{key:<42}{value:>12.1f} img/s")
+        if key.endswith("_verdicts"):
+            lines.append(f"{key}: " + ", ".join(f"{metric} {verdict}" for metric, verdict in value.items()))
     return "\n".join(lines)
 
 
@@ -694,6 +710,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--accel-batch", type=int, default=128, help="batch of the accelerator section")
     parser.add_argument("--accel-size", type=int, default=224, help="image side of the accelerator section")
     parser.add_argument("--accel-steps", type=int, default=20)
+    parser.add_argument("--seeds-preset", choices=["quick", "best"], default="quick", help="the seeds section's config")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds of each sweep of the seeds section")
+    parser.add_argument(
+        "--seeds-mechanisms", nargs="+", default=["lone", "packed", "packed_in_turn"], help="the seeds section's sweeps"
+    )
     parser.add_argument("--quick", action="store_true", help="smaller samples: 1024-image epochs, fewer rounds")
     args = parser.parse_args(argv)
     if args.quick:
@@ -702,7 +723,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.only is None:
         gpu = bool(tf.config.list_physical_devices("GPU"))
-        args.only = [s for s in SECTIONS if s != "accelerator" or gpu]
+        args.only = [s for s in SECTIONS if (s != "accelerator" or gpu) and s != "seeds"]
     began = time.perf_counter()
     cfg = compose("augmentation=xray", f"data.image_size={args.image_size}", "batch_size=32")
     root = args.data_root or cfg.data.root
@@ -757,6 +778,12 @@ def main(argv: list[str] | None = None) -> dict:
             lambda: measure_backends(root, work / "cache", image_size=args.image_size, rounds=args.backend_rounds),
         )
         section("report", lambda: measure_report(work))
+        section(
+            "seeds",
+            lambda: measure_seeds(
+                root, work / "cache", work / "runs", args.seeds_preset, args.seeds, tuple(args.seeds_mechanisms)
+            ),
+        )
         section(
             "accelerator",
             lambda: measure_accelerator(

@@ -88,10 +88,10 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
     return log.read_text(errors="replace")
 
 
-def run(request, tmp_path: Path, name: str, *args: str, runs: Path, cache: Path, env=None, timeout=600):
+def run(request, tmp_path: Path, name: str, *args: str, runs: Path, cache: Path, env=None, timeout=600, report=False):
     """Run `python -m ablation ARGS` to its end; (exit status, output). Its helpers (Ray, workers) end with it."""
     log = tmp_path / f"{name}.log"
-    proc = spawn(request, ablation(*args, runs=runs, cache=cache), log, env)
+    proc = spawn(request, ablation(*args, runs=runs, cache=cache, report=report), log, env)
     output = finish(proc, log, timeout)
     wait_for(lambda: not group_alive(proc.pid), 60, f"the processes {name} started to exit", log)
     return proc.returncode, output

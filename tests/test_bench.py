@@ -52,3 +52,17 @@ def test_targets_and_table():
     assert met == {"pipeline_over_cnn": True, "warm_over_cold": False}
     text = bench.table(figures, met)
     assert "MISSED" in text and "1.5, 2" in text
+
+
+def test_packed_against_lone_runs_is_judged_by_the_verdict_rule():
+    """The seeds section's A/A check: identical runs differ by 0 and make no claim; a packed side 0.05 better on every
+    seed (with some spread) is called better."""
+    from ablation.contract import TEST_METRICS
+    from benchmarks.seeds import same_results
+
+    lone = {seed: {m: 0.9 + 0.01 * seed for m in TEST_METRICS} for seed in range(4)}
+    same = same_results(lone, lone, "k")
+    assert same["k_max_abs_diff"] == 0
+    assert not {"better", "worse"} & set(same["k_verdicts"].values())
+    shifted = {seed: {m: v + 0.05 + 0.002 * seed for m, v in metrics.items()} for seed, metrics in lone.items()}
+    assert set(same_results(lone, shifted, "k")["k_verdicts"].values()) == {"better"}

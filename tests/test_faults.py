@@ -289,6 +289,8 @@ REFUSED = [
     ("model.width=0.5", "model.width=0.5 is not allowed: 1 for the cnn"),
     ("trainer.tta_widths=[1.1]", "trainer.tta_widths=[1.1] is not allowed: [] (off) or two or more width factors"),
     ("trainer.tta_widths=[1,3]", "trainer.tta_widths=[1.0, 3.0] is not allowed: [] (off) or two or more"),
+    ("pack.seeds=[0,0]", "pack.seeds=[0, 0] is not allowed: [] (train `seed` alone) or distinct seeds >= 0"),
+    ("pack.workers=0", "pack.workers=0 is not allowed: auto (one per CPU core) or an int >= 1"),
 ]
 
 
@@ -328,7 +330,7 @@ def test_an_interrupt_that_a_clean_up_turns_into_another_error_still_ends_the_ru
     import ablation.train
     from ablation.job import run_job
 
-    def preempted_inside_a_device_scope(cfg, callbacks=()):
+    def preempted_inside_a_device_scope(cfg, callbacks=(), warm=None):
         try:
             raise SystemExit(144)  # what submitit's preemption handler raises
         except SystemExit:

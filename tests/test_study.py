@@ -106,7 +106,7 @@ def test_each_run_carries_its_datasets_system_metrics_and_mlflow_model_and_the_b
     # Progress: each job starts with [k/N] and its overrides, and ends with its status, time and what is left.
     for k in range(1, 9):
         assert f"[{k}/8] " in output, output[-3000:]
-    assert re.search(r"\[\d/8\] FINISHED in \d+s; about \S+ left for the sweep \(\d of 8 jobs done\)", output)
+    assert re.search(r"\[\d/8\] FINISHED in \d+s; about \S+ left for the sweep \(\d of 8 runs done\)", output)
     assert output.count("decoding 624 images at 32 px") <= 1  # a cold cache: one line, then every job reuses it
 
     def files(run_id: str, split: str) -> list[str]:  # the split's images, in the run's order

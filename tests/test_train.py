@@ -156,3 +156,21 @@ def test_performance_and_schedule_switches_train(switches, tiny_cfg):
         assert "augmentation" not in [layer.name for layer in result.model.layers]
     if tiny_cfg.trainer.jit_compile:  # XLA needs op determinism off: Keras refuses the two together
         assert result.model.jit_compile
+
+
+@pytest.mark.slow  # trains three times
+def test_a_warm_model_trains_the_next_seed_exactly_as_a_fresh_one(tiny_cfg):
+    """A pack's seeds share one compiled model (`train(..., warm=)`): its variables, the optimizer's and the dropout
+    layers' seed generators are reset to a fresh build's, so seed 0 trained after seed 1 is seed 0 trained alone."""
+    alone = train(tiny_cfg)
+    warm: dict = {}
+    with open_dict(tiny_cfg):
+        tiny_cfg.seed = 1
+    other = train(tiny_cfg, warm=warm)
+    with open_dict(tiny_cfg):
+        tiny_cfg.seed = 0
+    again = train(tiny_cfg, warm=warm)
+    assert again.model is other.model  # the same compiled model: its traced step was kept
+    assert again.history == alone.history
+    np.testing.assert_array_equal(again.test_probabilities, alone.test_probabilities)
+    assert other.history != alone.history

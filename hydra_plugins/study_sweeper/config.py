@@ -21,6 +21,7 @@ class StudySweeperConf:
     metric: str = "test_auc"  # seeds=auto: the metric whose verdicts decide when to stop
     dry_run: bool = False  # print the planned jobs (FINISHED: resume would skip it) and run nothing
     max_batch_size: int | None = None  # jobs handed to the launcher at once (null: all of a round)
+    pack_seeds: int | None = None  # seeds of a configuration trained together in one job (null: a job per seed)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="study", node=StudySweeperConf, provider="pneumonia-ablation")

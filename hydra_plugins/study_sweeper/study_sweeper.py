@@ -12,6 +12,7 @@ once a sweep is set up.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ class StudySweeper(Sweeper):
         metric: str = "test_auc",
         dry_run: bool = False,
         max_batch_size: int | None = None,
+        pack_seeds: int | None = None,
     ) -> None:
         from hydra_plugins.study_sweeper._design import AutoSeeds, Design, DesignError
 
@@ -56,6 +58,13 @@ class StudySweeper(Sweeper):
         self.auto_seeds = AutoSeeds(min_seeds, max_seeds, metric) if self.auto else None
         self.dry_run = dry_run
         self.max_batch_size = max_batch_size
+        if pack_seeds is not None and (
+            isinstance(pack_seeds, bool) or not isinstance(pack_seeds, int) or pack_seeds < 1
+        ):
+            raise DesignError(
+                f"hydra.sweeper.pack_seeds={pack_seeds!r}: allowed are null (a job per seed) or an int >= 1"
+            )
+        self.pack_seeds = pack_seeds or 1
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
@@ -90,10 +99,26 @@ class StudySweeper(Sweeper):
         return design.one_at_a_time(parsed, self.baseline, level)
 
     @staticmethod
-    def job_overrides(cell: Cell, seed: int | None) -> list[str]:
+    def job_overrides(cell: Cell, seeds: list[int | None]) -> list[str]:
+        """A job's overrides: the cell's, its seed's, and with several seeds, the pack of them (`pack.seeds`)."""
         from hydra_plugins.study_sweeper import _design as design
 
-        return cell.overrides if seed is None else design.merge(cell.overrides, [f"{design.SEED}={seed}"])
+        if seeds == [None]:
+            return cell.overrides
+        pack = [f"pack.seeds=[{','.join(map(str, seeds))}]"] if len(seeds) > 1 else []
+        return design.merge(cell.overrides, [f"{design.SEED}={seeds[0]}", *pack])
+
+    def jobs(self, planned: list[tuple[Cell, int | None]]) -> list[tuple[Cell, list[int | None]]]:
+        """The planned (cell, seed) pairs as jobs: one per seed, or with `pack_seeds`, each cell's seeds in packs of
+        up to that many, trained together in one job (`ablation.job`)."""
+        jobs: list[tuple[Cell, list[int | None]]] = []
+        for cell, seed in planned:
+            last = jobs[-1] if jobs else None
+            if last and last[0] is cell and seed is not None and len(last[1]) < self.pack_seeds:
+                last[1].append(seed)
+            else:
+                jobs.append((cell, [seed]))
+        return jobs
 
     # ------------------------------------------------------------------ sweeping
 
@@ -140,10 +165,11 @@ class StudySweeper(Sweeper):
     def _launch(self, planned: list[tuple[Cell, int | None]], cells: list[Cell], record: dict, sweep_dir: Path):
         from ablation import sweep
 
-        first = sum(len(c["jobs"]) for c in record["cells"])
-        for offset, (cell, seed) in enumerate(planned):
-            record["cells"][cells.index(cell)]["jobs"].append({"job": first + offset, "seed": seed})
-        batch = [self.job_overrides(cell, seed) for cell, seed in planned]
+        first = 1 + max((j["job"] for c in record["cells"] for j in c["jobs"]), default=-1)
+        jobs = self.jobs(planned)
+        for offset, (cell, seeds) in enumerate(jobs):
+            record["cells"][cells.index(cell)]["jobs"].extend({"job": first + offset, "seed": seed} for seed in seeds)
+        batch = [self.job_overrides(cell, seeds) for cell, seeds in jobs]
         sweep.record_design(sweep_dir, record)  # the jobs read how many are planned from it: "[k/N]"
         results: list[JobReturn] = []
         size = self.max_batch_size or len(batch)
@@ -161,11 +187,15 @@ class StudySweeper(Sweeper):
         """Join each planned job with its line in the jobs file (run id, status); write and log the record."""
         from ablation import sweep
 
-        jobs = sweep.read_jobs(sweep_dir)
-        by_num = {int(row["job"]): row for _, row in jobs.iterrows()} if not jobs.empty else {}
+        rows = [row for _, row in sweep.read_jobs(sweep_dir).iterrows()]
+        by_seed = {(int(row["job"]), _seed(row)): row for row in rows}  # a pack's job has a line per seed
+        by_num = {int(row["job"]): row for row in rows}  # a lone job's line, whatever seed it names
+        planned = Counter(job["job"] for cell in record["cells"] for job in cell["jobs"])
         for cell in record["cells"]:
             for job in cell["jobs"]:
-                line = by_num.get(job["job"])
+                line = by_seed.get((job["job"], job["seed"]))
+                if line is None and planned[job["job"]] == 1:
+                    line = by_num.get(job["job"])
                 if line is not None:
                     job["status"] = line["status"]
                     job["run_id"] = line["run_id"] if isinstance(line.get("run_id"), str) else None
@@ -208,8 +238,8 @@ class StudySweeper(Sweeper):
         import pandas as pd
 
         rows = []
-        for num, (cell, seed) in enumerate(planned):
-            overrides = self.job_overrides(cell, seed)
+        for num, (cell, seeds) in enumerate(self.jobs(planned)):
+            overrides = self.job_overrides(cell, seeds)
             rows.append(
                 {"job": num, "cell": cell.label, "status": self._would_be(overrides), "overrides": " ".join(overrides)}
             )
@@ -228,8 +258,16 @@ class StudySweeper(Sweeper):
             validate(cfg)
         except ConfigError as error:
             return f"REFUSED: {error}"
-        done = _finished_in_store(cfg)
-        return f"FINISHED ({done})" if done else "to run"
+        seeds = list(cfg.pack.seeds)
+        if not seeds:
+            done = _finished_in_store(cfg)
+            return f"FINISHED ({done})" if done else "to run"
+        from ablation.job import seed_config
+
+        done = {seed: run for seed in seeds if (run := _finished_in_store(seed_config(cfg, seed)))}
+        if len(done) == len(seeds):
+            return f"FINISHED ({', '.join(done.values())})"
+        return f"seeds {', '.join(map(str, done))} FINISHED, the others to run" if done else "to run"
 
 
 def _finished_in_store(cfg: DictConfig) -> str | None:
@@ -248,6 +286,12 @@ def _finished_in_store(cfg: DictConfig) -> str | None:
     commit = tracking.git_commit(cfg.paths.root)
     done = already_finished(client, experiment.experiment_id, cfg, Identity.of(cfg), commit)
     return done.info.run_id if done else None
+
+
+def _seed(line) -> int | None:
+    """A jobs-file line's seed (None on lines written before lines had one)."""
+    seed = line.get("seed")
+    return None if seed is None or seed != seed else int(seed)
 
 
 def _plain(node: Any) -> Any:
