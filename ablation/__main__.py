@@ -3,7 +3,9 @@
 import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides the progress lines
+from ablation import console
+
+console.quiet()  # before any framework starts: its chatter would hide the progress lines
 # paths.root: known before Hydra composes, so hydra.run.dir and hydra.sweep.dir can live under runs/.
 os.environ.setdefault("ABLATION_ROOT", os.getcwd())
 

@@ -52,6 +52,14 @@ DEFAULT_THRESHOLD = 0.5  # on the pneumonia probability; what a run without a lo
 MARGINS = {f"test_{name}": 0.005 if name in ("auc", "pr_auc") else 0.01 for name in METRICS}
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0 and label 1: the folder names
 
+# --- the console -----------------------------------------------------------------------------------------------
+# The frameworks' chatter, off unless the user asks (`hydra.verbose`): environment variables read when TensorFlow or
+# MLflow starts, so set before either is imported; a value the user set is kept (`ablation.console`, the report).
+QUIET = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow's C++ log: start-up notes, the CUDA probe's "failed call to cuInit"
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar for every file the report downloads
+}
+
 # --- configurations -------------------------------------------------------------------------------------------
 # Keys that locate, label or display things rather than define the training: two runs that differ only in them are
 # one configuration (resume skips the second; analysis never takes them for a factor).

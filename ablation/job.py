@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ablation import contract, devices, interrupts, sweep, tracking
+from ablation import console, contract, devices, interrupts, sweep, tracking
 from ablation.contract import redact
 from ablation.resume import Identity, already_finished
 from ablation.validate import ConfigError, validate
@@ -133,6 +133,7 @@ class Job:
     sweep_dir: Path
     out_dir: Path
     task: list[str]  # its overrides, passwords redacted (`tracking.uri=http://u:PASS@...`)
+    verbose: bool = False  # hydra.verbose: the frameworks' chatter shown (`ablation.console`)
 
     @classmethod
     def current(cls) -> Job:
@@ -144,6 +145,7 @@ class Job:
             sweep_dir=Path(hydra.sweep.dir),
             out_dir=Path(hydra.runtime.output_dir),
             task=[redact(override) for override in hydra.overrides.task],
+            verbose=bool(hydra.verbose),
         )
 
     @property
@@ -168,9 +170,10 @@ def open_store(cfg: DictConfig):
 def _train_and_log(cfg: DictConfig, client, run_id: str, out_dir: Path, warm: dict | None = None) -> dict:
     """Train, write the run's files, upload them; the fields of the job's line. `warm`: `ablation.train.train`'s.
     The run's params were logged when it was claimed (`run_job`)."""
-    from ablation import artifacts  # Keras and TensorFlow load here, after the GPU is pinned
-    from ablation.data import files_digest
-    from ablation.train import EpochLogger, train
+    with console.framework_start():  # Keras and TensorFlow load here, after the GPU is pinned
+        from ablation import artifacts
+        from ablation.data import files_digest
+        from ablation.train import EpochLogger, train
 
     epochs = EpochLogger(lambda epoch, m: tracking.log_epoch(client, run_id, epoch, m))
     result = train(cfg, callbacks=[epochs], warm=warm)
@@ -277,6 +280,8 @@ def run_job(cfg: DictConfig) -> dict:
         together = f" (seeds {', '.join(map(str, seeds))} together)" if packed else ""
         log.info("%s %s%s", sweep.progress(job.sweep_dir, job.num), job.overrides or "defaults", together)
 
+    if job.verbose:
+        console.verbose()  # before any framework starts
     visible = devices.pin_gpu(job.num)  # first: a framework reads CUDA_VISIBLE_DEVICES once, when it starts
     interrupts.install()  # scancel, kill and a closed terminal end the run KILLED, like Ctrl-C
     try:

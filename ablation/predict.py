@@ -29,7 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ start-up chatter
+from ablation import console  # noqa: E402
+
+console.quiet()  # before TensorFlow and MLflow load: no start-up chatter, no download bars
 
 import numpy as np  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402

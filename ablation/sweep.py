@@ -139,6 +139,20 @@ def register(config: DictConfig, parent: dict, table: pd.DataFrame) -> None:
     print(f"\nRegistered the best run by {metric} as {name!r} version {version}: models:/{name}@{tracking.CHAMPION}")
 
 
+def ui_hint(parent: dict) -> str:
+    """Where to see the sweep's runs: the MLflow UI's runs table of its experiment (and, for a local store, the
+    command that serves it). Never raises: a store that went away only loses the hint."""
+    uri = parent["tracking_uri"]
+    try:
+        experiment_id = tracking.client(uri).get_run(parent["run_id"]).info.experiment_id
+    except Exception as error:
+        return f"\nMLflow UI: the experiment's id is unknown ({redact(str(error))[:200]})"
+    link = tracking.ui_link(uri, experiment_id)
+    if uri.startswith(("http://", "https://")):
+        return f"\nMLflow UI, the sweep's runs: {link}"
+    return f"\nMLflow UI: mlflow ui --backend-store-uri {redact(uri)}, then open the sweep's runs: {link}"
+
+
 class SweepSummary(Callback):
     """At the end of a sweep: a table of its jobs, the best run registered, the parent run ended, exit 1 if any job
     failed. Hydra calls the end of a sweep's callbacks in reverse order: listed first, this one runs last, after the
@@ -160,6 +174,8 @@ class SweepSummary(Callback):
         print(f"\nSweep {sweep_dir}:\n" + table[columns].to_string(index=False, na_rep="-"))
         failed = table[table.status.isin(NOT_DONE)]
         parent = parent_of(sweep_dir)
+        if parent:
+            print(ui_hint(parent))
         if parent and config.tracking.register:
             register(config, parent, table)
         if parent:

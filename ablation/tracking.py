@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,14 +88,33 @@ def git_commit(root: str) -> str:
     return out.stdout.strip() or "unknown"
 
 
+# MLflow 3's UI opens an experiment of this kind on its runs table ("Model training"), not on the GenAI overview
+# (traces, latency, tokens). The values its UI knows: `ExperimentKind` in mlflow/server/js (custom_model_development,
+# genai_development, finetuning, ...).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(mlflow_client: mlflow.MlflowClient, name: str, artifact_location: str | None) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
     except MlflowException:  # another job created it first
         return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+UI = "http://127.0.0.1:5000"  # where the README's `mlflow ui` serves
+
+
+def ui_link(uri: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment: on the tracking server itself for an http(s) store (credentials
+    left out), else where `mlflow ui --backend-store-uri URI` serves by default."""
+    base = UI
+    if uri.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(uri)
+        base = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from ablation import devices, interrupts
+from ablation import console, devices, interrupts
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def _die_with_parent() -> None:
 
 def _work(target: Callable, args: tuple, threads: int, backend: str, deterministic: bool) -> None:
     _die_with_parent()
+    console.quiet()
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     devices.select_backend(backend, deterministic, threads)
     interrupts.install()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -16,12 +17,16 @@ from sklearn.metrics import auc, confusion_matrix, roc_curve
 from ablation.contract import CLASSES
 from analysis.stats import config_keys, label, ordered_configs
 
-matplotlib.use("Agg")  # headless: CI and training machines have no display
+if "inline" not in os.environ.get("MPLBACKEND", ""):  # a Jupyter kernel's figures show in the notebook
+    matplotlib.use("Agg")  # headless: CI and training machines have no display
 NETWORK = "model"
 sns.set_theme(style="whitegrid", context="notebook")
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path | None):
+    """`path`, the figure written there and closed; without a path, the figure itself (a notebook shows it)."""
+    if path is None:
+        return fig
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -31,7 +36,7 @@ def _palette(n: int):
     return sns.color_palette("tab10" if n <= 10 else "husl", n)
 
 
-def learning_curves(runs: pd.DataFrame, factors: list[str], hist: pd.DataFrame, path: Path) -> Path:
+def learning_curves(runs: pd.DataFrame, factors: list[str], hist: pd.DataFrame, path: Path | None = None):
     """Rows loss / accuracy, one column per network; colour = the other factors, dashed = training,
     solid = validation; line = mean over seeds, band = min–max over seeds."""
     panel_by = [NETWORK] if NETWORK in factors else []

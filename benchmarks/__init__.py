@@ -15,15 +15,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def compose(*overrides: str) -> DictConfig:
-    """The project's root config with `overrides`, composed as `python -m ablation` would."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """The project's root config with `overrides`, composed as `python -m ablation` would (`ablation.api.compose`)."""
+    from ablation.api import compose as api_compose
 
-    from ablation.config import register
-
-    register()
-    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
+    return api_compose(overrides)
 
 
 def log(message: str) -> None:

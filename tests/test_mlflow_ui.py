@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -189,3 +190,28 @@ def test_ui_shows_a_runs_datasets_and_the_registered_champion(mlflow_ui, tmp_pat
         with Image.open(shot) as image:
             assert len(image.convert("RGB").getcolors(1 << 24)) > 200, "a near-blank page"
         _keep(shot, ["mlflow_run_datasets.png", "mlflow_registered_model.png"][number])
+
+
+def test_the_link_a_sweep_prints_opens_its_runs_not_the_genai_overview(mlflow_ui, loco_study, tmp_path):
+    """The end of every sweep prints the MLflow UI's link to its experiment's runs table; the framework tags the
+    experiments it creates as model training (`mlflow.experimentKind`), which MLflow 3's UI honours."""
+    from ablation.tracking import UI
+
+    [link] = re.findall(r"open the sweep's runs: (\S+)", loco_study["done"].stdout)
+    assert link.startswith(f"{UI}/#/experiments/") and link.endswith("/runs?workflowType=machine_learning")
+    query = urllib.parse.urlencode({"experiment_name": "loco"})
+    experiment = _get(f"{mlflow_ui}/api/2.0/mlflow/experiments/get-by-name?{query}")["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+    assert f"/experiments/{experiment['experiment_id']}/" in link
+    found = _post(f"{mlflow_ui}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})
+    [parent] = [r for r in found["runs"] if {"key": "ablation.role", "value": "sweep"} in r["data"]["tags"]]
+
+    page = link.replace(UI, mlflow_ui)  # the test's server listens on a free port, not 5000
+    dom = _chromium(tmp_path / "profile-link", "--dump-dom", page).stdout
+    assert parent["info"]["run_name"] in dom, dom[-3000:]  # the runs table, with the sweep's parent run
+    assert "matching runs" in dom
+    shot = tmp_path / "mlflow_ui_link.png"
+    _chromium(tmp_path / "profile-link-shot", f"--screenshot={shot}", page)
+    with Image.open(shot) as image:
+        assert len(image.convert("RGB").getcolors(1 << 24)) > 200, "a near-blank page"
+    _keep(shot, "mlflow_ui_link.png")

@@ -59,6 +59,8 @@ def test_a_packed_sweep_leaves_a_complete_run_per_seed_that_the_report_reads_as_
     args = ["-m", "epochs=1,2", "hydra.sweeper.seeds=4", "hydra.sweeper.pack_seeds=4", "tracking.experiment=packed"]
     status, output = run(request, tmp_path, "packed", *args, *TINY, runs=runs, cache=cache_dir, report=True)
     assert status == 0, output[-5000:]
+    for chatter in ("I0000", "cuInit", "absl::InitializeLog", "system_metrics_monitor", "Downloading artifacts"):
+        assert chatter not in output, chatter  # the console is quiet (`ablation.console`), workers and report too
     client, [parent], children = runs_by_role(f"sqlite:///{runs}/mlflow.db", "packed")
     assert len(children) == 8 and parent.info.status == "FINISHED"
     for child in children:
