@@ -19,7 +19,7 @@ from ablation.config import register
 PROJECT = Path(__file__).resolve().parents[1]
 DATA_ROOT = PROJECT.parent / "shared" / "data" / "chest_xray"
 os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as `ablation.console` sets it
 # The suite runs Keras on TensorFlow in its own process and in the runs it starts (a KERAS_BACKEND=jax in the
 # shell would change every run's configuration); tests/test_backends.py starts its JAX processes itself.
 os.environ["KERAS_BACKEND"] = "tensorflow"
