@@ -105,8 +105,7 @@ def _run_ablation(arguments: list[str], echo: bool) -> list[str]:
     return lines
 
 
-RUN_LINE = re.compile(r"MLflow run ([0-9a-f]{32}) ")
-SKIPPED_LINE = re.compile(r"already FINISHED as run ([0-9a-f]{32})")
+RUN_LINE = re.compile(r"(?:MLflow run|already FINISHED as run) ([0-9a-f]{32})")  # trained, or skipped (resume)
 SWEEP_LINE = re.compile(r"^Sweep (\S.*):$")
 
 
@@ -120,7 +119,7 @@ def train(overrides: Iterable[str] = (), echo: bool = True) -> Run:
     """
     overrides = list(overrides)
     lines = _run_ablation(overrides, echo)
-    found = [m.group(1) for line in lines for m in (RUN_LINE.search(line) or SKIPPED_LINE.search(line),) if m]
+    found = [match.group(1) for line in lines if (match := RUN_LINE.search(line))]
     uri = compose(overrides).tracking.uri
     if not found:
         return Run(None, "UNKNOWN", tracking_uri=uri)

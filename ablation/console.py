@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-from ablation.contract import QUIET
+from ablation.contract import quiet_environment
 
 SYSTEM_METRICS_LOGGER = "mlflow.system_metrics"  # two INFO lines a run: monitoring started, stopped
 
@@ -26,8 +26,7 @@ VERBOSE = "ABLATION_VERBOSE"  # set by `verbose`: the workers a job starts show 
 def quiet() -> None:
     if os.environ.get(VERBOSE):
         return
-    for key, value in QUIET.items():
-        os.environ.setdefault(key, value)
+    quiet_environment()
     logging.getLogger(SYSTEM_METRICS_LOGGER).setLevel(logging.WARNING)
 
 

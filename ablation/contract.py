@@ -60,6 +60,13 @@ QUIET = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar for every file the report downloads
 }
 
+
+def quiet_environment() -> None:
+    """`QUIET` into this process's environment, where the user has not set a value."""
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+
+
 # --- configurations -------------------------------------------------------------------------------------------
 # Keys that locate, label or display things rather than define the training: two runs that differ only in them are
 # one configuration (resume skips the second; analysis never takes them for a factor).

@@ -251,7 +251,7 @@ def _compiled(recipe: Recipe, data: ChestXray, warm: dict | None) -> tuple[keras
     compile_model(trained, recipe, len(data.train.labels))
     if warm is None:
         return model, trained
-    key = repr((dataclasses.replace(recipe, seed=0, verbose=0), data.train.images.shape, keras.config.dtype_policy()))
+    key = repr((dataclasses.replace(recipe, seed=0, verbose=0), data.train.images.shape))
     if key not in warm:
         warm[key] = model, trained
         return model, trained

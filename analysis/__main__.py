@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from ablation.contract import MARGINS, QUIET, redact
+from ablation.contract import MARGINS, quiet_environment, redact
 from analysis.runs import AnalysisError, load_study, tracking_uri
 
 
@@ -43,8 +42,7 @@ def _common(command: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in QUIET.items():  # no download bar for every file the report reads
-        os.environ.setdefault(key, value)
+    quiet_environment()  # no download bar for every file the report reads
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="ablation-report", description=__doc__.split(":")[0])
     commands = parser.add_subparsers(dest="command", required=True)

@@ -13,7 +13,6 @@ Everything comes from `analysis.report`, the code `ablation-report report` runs:
 from __future__ import annotations
 
 import html
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation.contract import QUIET
+from ablation.contract import quiet_environment
 from analysis import report as reporting
 from analysis import runs
 from analysis.runs import Study
@@ -124,7 +123,6 @@ def load(
     >>> study = load(experiment="quickstart")     # doctest: +SKIP
     >>> study.verdicts[["comparison", "seeds", "diff", "verdict"]]
     """
-    for key, value in QUIET.items():  # no download bar for every file the report reads
-        os.environ.setdefault(key, value)
+    quiet_environment()  # no download bar for every file the report reads
     uri = runs.tracking_uri(tracking_uri)
     return StudyView(runs.load_study(uri, experiment, sweep, all_runs), baseline, margins)

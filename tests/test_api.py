@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -57,7 +56,7 @@ def test_train_sweep_resume_and_the_report_are_the_command_lines(tmp_path, cache
     pd.testing.assert_frame_equal(shown, pd.read_csv(cli / "ablation_table.csv"))
 
 
-def test_the_example_notebook_runs_end_to_end_and_renders(tmp_path, cache_dir):
+def test_the_example_notebook_runs_end_to_end_and_renders(tmp_path, monkeypatch):
     """examples/quickstart.ipynb executed headless (nbclient) at tiny settings, then rendered to HTML (nbconvert) and
     photographed in Chromium; the picture is kept in runs/test-artifacts/ for people to look at."""
     import nbformat
@@ -66,16 +65,12 @@ def test_the_example_notebook_runs_end_to_end_and_renders(tmp_path, cache_dir):
 
     notebook = nbformat.read(PROJECT / "examples" / "quickstart.ipynb", as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # stored without
-    env = {"ABLATION_NOTEBOOK_TINY": "1", "ABLATION_NOTEBOOK_RUNS": str(tmp_path / "runs")}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(
-            notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(PROJECT)}}
-        ).execute()
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    monkeypatch.setenv("ABLATION_NOTEBOOK_TINY", "1")  # the kernel inherits the environment
+    monkeypatch.setenv("ABLATION_NOTEBOOK_RUNS", str(tmp_path / "runs"))
+    client = NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(PROJECT)}}
+    )
+    client.execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     texts = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
