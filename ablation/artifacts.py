@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ablation import backend, explain, figures, models
-from ablation.contract import DATA_RECORD, MODEL_ARTIFACT, redact
+from ablation import backend, explain, figures, models, tracking
+from ablation.contract import DATA_RECORD, MODEL_ARTIFACT, image_key, redact
 from ablation.train import TrainResult
 
 
@@ -42,6 +42,16 @@ def once_metrics(result: TrainResult, record: dict) -> dict[str, float]:
     return once
 
 
+def _portable(value, cfg: DictConfig):
+    """The resolved config with each string as a shared server may show it: secrets redacted, this machine's paths
+    `tracking.portable`."""
+    if isinstance(value, dict):
+        return {key: _portable(item, cfg) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_portable(item, cfg) for item in value]
+    return tracking.portable(redact(value), cfg.paths.root) if isinstance(value, str) else value
+
+
 def write(cfg: DictConfig, result: TrainResult, folder: Path) -> dict[str, float]:
     """Every file of the run into `folder`; returns the metrics to log once."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,11 +59,14 @@ def write(cfg: DictConfig, result: TrainResult, folder: Path) -> dict[str, float
     summary = io.StringIO()
     result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
     (folder / "model_summary.txt").write_text(summary.getvalue())
-    (folder / "config.yaml").write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(_portable(OmegaConf.to_container(cfg, resolve=True), cfg)))
+    # Images by their path under data.root (split/CLASS/name), not this machine's layout.
+    record["skipped_files"] = {image_key(str(file)): why for file, why in record["skipped_files"].items()}
     (folder / DATA_RECORD).write_text(json.dumps(record, indent=2))
     for split, probabilities in (("test", result.test_probabilities), ("val", result.val_probabilities)):
         images = getattr(result.data, split)
-        pd.DataFrame({"file": images.files, "label": images.labels, "probability": probabilities}).to_csv(
+        files = [image_key(str(file)) for file in images.files]
+        pd.DataFrame({"file": files, "label": images.labels, "probability": probabilities}).to_csv(
             folder / f"{split}_predictions.csv", index=False
         )
     figures.learning_curves(result.history, result.best_epoch, folder / "learning_curves.png")

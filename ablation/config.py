@@ -159,6 +159,7 @@ class TrackingConf:
     report: bool = True
     register: str | None = None
     system_metrics_s: float = 10.0
+    outage_wait_s: float = 120.0
 
 
 @dataclass

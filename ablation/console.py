@@ -15,19 +15,46 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-from ablation.contract import quiet_environment
+from ablation.contract import quiet_environment, redact
 
 SYSTEM_METRICS_LOGGER = "mlflow.system_metrics"  # two INFO lines a run: monitoring started, stopped
+# A traceback for each store call a full disk or a locked SQLite file refuses, although the caller handles it: the
+# outbox retries and then says in one line what happened (`ablation.outbox`).
+STORE_ERRORS_LOGGER = "mlflow.store.db.utils"
+RETRIES_LOGGER = "urllib3.connectionpool"  # a line for each retry of a request to a tracking server that is away
 
 
 VERBOSE = "ABLATION_VERBOSE"  # set by `verbose`: the workers a job starts show everything too
 
 
 def quiet() -> None:
+    redact_logs()
     if os.environ.get(VERBOSE):
         return
     quiet_environment()
     logging.getLogger(SYSTEM_METRICS_LOGGER).setLevel(logging.WARNING)
+    logging.getLogger(STORE_ERRORS_LOGGER).setLevel(logging.CRITICAL)
+    logging.getLogger(RETRIES_LOGGER).setLevel(logging.ERROR)
+
+
+def redact_logs() -> None:
+    """Every log record of this process with the secrets of its URIs masked (`ablation.contract.redact`), its
+    traceback too: MLflow's own warnings quote the tracking URI, password and all ("Failed to get mlflow run: API
+    request to http://user:PASSWORD@..."). Our own messages are redacted where they are made; these are not ours."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def redacted(*args, **kwargs) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        with contextlib.suppress(Exception):  # a message its arguments do not fit: logging itself says so
+            record.msg, record.args = redact(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    redacted.redacts = True
+    logging.setLogRecordFactory(redacted)
 
 
 def verbose() -> None:
@@ -36,6 +63,8 @@ def verbose() -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true"
     logging.getLogger(SYSTEM_METRICS_LOGGER).setLevel(logging.NOTSET)
+    logging.getLogger(STORE_ERRORS_LOGGER).setLevel(logging.NOTSET)
+    logging.getLogger(RETRIES_LOGGER).setLevel(logging.NOTSET)
 
 
 # What TensorFlow's C++ side prints as it loads, before its logging starts and so whatever TF_CPP_MIN_LOG_LEVEL says:

@@ -26,6 +26,7 @@ SWEEP_DIR = "ablation.sweep_dir"  # on a parent run: the sweep folder its jobs m
 DEVICES = "ablation.cuda_visible_devices"  # the GPUs a job was pinned to
 OVERRIDES = "hydra.overrides"  # a job's command-line overrides, secrets redacted
 ERROR = "error"  # why a run ended FAILED or KILLED
+LATE = "ablation.sent_late"  # on a run whose records a later command sent (`ablation.outbox`): the outage, and when
 PARENT = "mlflow.parentRunId"
 PACK = "ablation.pack"  # on a run trained in a pack: the seeds its job trained together (`pack.seeds`), e.g. "0,1,2,3"
 
@@ -122,6 +123,22 @@ def default_tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{store}"
 
 
+def default_data_root(root: Path | None = None) -> Path:
+    """$CHEST_XRAY_ROOT, else the 224 px copy beside the project (`root`: the working directory), as conf/data says."""
+    return Path(os.environ.get("CHEST_XRAY_ROOT") or (root or Path.cwd()) / ".." / "shared" / "data" / "chest_xray")
+
+
+# A run's prediction files (`<split>_predictions.csv`) name each image by its path under data.root
+# (`test/NORMAL/x.jpeg`), never the user's home layout. Runs logged before named the absolute path, which ends the same.
+IMAGE_KEY_PARTS = 3  # split/CLASS/name
+
+
+def image_key(file: str) -> str:
+    """A prediction file's image as its path under data.root, whichever way its run wrote it."""
+    path = Path(file)
+    return "/".join(path.parts[-IMAGE_KEY_PARTS:]) if path.is_absolute() else path.as_posix()
+
+
 def missing_sqlite_store(uri: str) -> Path | None:
     """The SQLite file `uri` names when that file does not exist, else None (other URIs: None).
 
@@ -153,3 +170,35 @@ def redact(text: str) -> str:
     """`text` with the password or token of every URI in it masked (`scheme://user:***@`, `scheme://***@`,
     `?password=***`): no secret reaches a param, a tag, a log line, an error message or a report."""
     return _SECRET_PARAMETER.sub(r"\1***", _USERINFO.sub(_userinfo, text))
+
+
+QUIET_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # MLflow's "View run ... at URL" line, printed as a run ends
+
+
+def hide_credentials(uri: str) -> None:
+    """Keep a tracking URI that carries credentials (`http://user:PASSWORD@host`) off stdout: MLflow prints the URI,
+    password and all, for every run it ends. Called by `ablation.store.check`, which every command passes."""
+    if redact(uri) != uri:
+        os.environ[QUIET_URL] = "true"
+
+
+# --- where a new experiment keeps its artifacts ------------------------------------------------------------------
+ARTIFACTS_RESOLVER = "ablation.artifacts"  # conf/tracking/local.yaml: ${ablation.artifacts:${.uri},'file://...'}
+
+
+def artifact_location(uri: str, local: str) -> str | None:
+    """`tracking.artifact_location` by default: on a tracking server (http, https), the server's own artifact root
+    (None), so that no run's files stay on the client's disk; else `local`, the folder beside the store."""
+    return None if str(uri).startswith(("http://", "https://")) else local
+
+
+def _register_resolver() -> None:
+    """Registered as this module loads: every process that composes or resolves the config has loaded it (through
+    `ablation.config`)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(ARTIFACTS_RESOLVER):
+        OmegaConf.register_new_resolver(ARTIFACTS_RESOLVER, artifact_location)
+
+
+_register_resolver()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm import tqdm
@@ -30,9 +30,30 @@ from ablation.contract import CLASSES
 log = logging.getLogger(__name__)
 
 LAYOUT = "data.root/{train,test}[/val]/{NORMAL,PNEUMONIA}/*.jpeg"
-CACHE_VERSION = 2  # bump when decoding changes, so old caches are never read (2: 16-bit scaling, EXIF orientation)
+# Bump when decoding changes, so old caches are never read (2: 16-bit scaling, EXIF orientation; 3: images under
+# MIN_SIDE skipped).
+CACHE_VERSION = 3
 FORMATS = ("JPEG", "PNG")  # what chest X-rays come as (Pillow's JPEG opener also takes MPO, a JPEG with extras)
-MAX_PIXELS = 50_000_000  # larger files are skipped with a warning: ~5x the largest Kaggle X-ray, 50 MB decoded
+MAX_PIXELS = 50_000_000  # larger files are skipped with a warning: ~5x the largest Kaggle X-ray
+MIN_SIDE = 32  # px: a smaller side is skipped with a warning; 32 px is the smallest input every network takes
+# Memory one decode may hold at its peak (`decode_cost`); a file that would need more is skipped with a warning.
+# Every image MAX_PIXELS allows fits: 5 bytes a pixel at worst (Pillow holds an RGB(A) PNG in 4, plus the 8-bit
+# gray copy), 250 MB at 50 megapixels, plus a strip and the resized image: 255 MiB at image sizes up to 1024 px.
+DECODE_BUDGET_BYTES = 256 * 2**20
+DECODE_THREADS = 8  # at most this many decodes at a time (fewer on fewer cores): at most 2 GiB of decoding in all
+STRIP_PIXELS = 2**19  # a 16-bit image is scaled to 8 bits this many pixels at a time (4 MiB of float64)
+DECODER_SLACK = 8 * 2**20  # the decoders' own buffers (zlib's, a PNG's rows, a JPEG's) and the interpreter's
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}  # others: 4 a pixel
+_ORIENTATION = 0x0112  # the EXIF tag, and the transposition each of its values asks for (as ImageOps.exif_transpose)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_"),  # person1000_bacteria_2931.jpeg
@@ -136,31 +157,130 @@ def files_digest(paths, root: str | Path) -> str:
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
+def decode_cost(mode: str, width: int, height: int, size: int, coefficients: int = 0) -> int:
+    """Bytes one `decode_image` holds at its peak, at most, for an image Pillow decodes as `mode` at `width` x
+    `height` (after a JPEG's draft): the decoded image (Pillow holds 1 byte a pixel for 8-bit gray or palette, 2
+    for 16-bit gray, 4 for anything else) and its 8-bit gray copy (1; for an image already 8-bit gray, its upright
+    copy); 64 bytes a row and a column (Pillow's row pointers, 8 each, for the images alive at once, and the
+    resize's LANCZOS coefficients, 48 a row or column resized); a strip of the 16-bit scaling (12 bytes a pixel:
+    Pillow's, numpy's and the float64 strip); the `size` x `size` result and its last pass; DECODER_SLACK; and
+    `coefficients`, the bytes a progressive JPEG's decoder buffers (2 a pixel and component, at full size).
+    (Pillow resizes through the smaller of its two intermediate images, never larger than the decoded image that
+    was released before it: a 32 x 1,562,000 strip peaks at 131 MiB, its cost 205 MiB.)"""
+    pixels = width * height
+    per_pixel = _STORED_BYTES.get(mode, 4) + 1
+    return (
+        pixels * per_pixel + 64 * (width + height) + STRIP_PIXELS * 12 + 2 * size * size + DECODER_SLACK + coefficients
+    )
+
+
+def decode_threads() -> int:
+    """How many images are decoded at a time: one a core, at most DECODE_THREADS, so that decoding holds at most
+    DECODE_THREADS x DECODE_BUDGET_BYTES (2 GiB) however many cores the machine has."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, DECODE_THREADS))
+
+
+def _scaled_to_8_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) image scaled from its own range to 0-255, STRIP_PIXELS at a time into one
+    uint8 array: 1 byte a pixel more than the image, not 8 (a float64 copy of the whole image and its temporaries)."""
+    low, high = image.getextrema()
+    width, height = image.size
+    out = np.zeros((height, width), np.uint8)
+    if high > low:
+        scale = 255.0 / (high - low)
+        rows = max(1, STRIP_PIXELS // width)
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            with image.crop((0, top, width, bottom)) as strip:
+                block = np.asarray(strip, dtype=np.float64)  # the same arithmetic as the whole image in float64
+            block -= low
+            block *= scale
+            out[top:bottom] = np.rint(block, out=block)
+    return Image.fromarray(out)  # mode L, sharing the array's memory
+
+
 def _to_gray(image: Image.Image) -> Image.Image:
     """8-bit grayscale. A 16-bit (or 32-bit integer) image is scaled from its own range to 0-255: a 12-bit
-    detector's 0-4095 stored in 16 bits would otherwise be clipped at 255, almost white."""
+    detector's 0-4095 stored in 16 bits would otherwise be clipped at 255, almost white. An image already 8-bit
+    gray is returned as it is (loaded), not copied."""
     if image.mode.startswith("I"):
-        pixels = np.asarray(image, dtype=np.float64)
-        low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-        return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+        return _scaled_to_8_bits(image)
+    if image.mode == "L":
+        image.load()
+        return image
     return image.convert("L")
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One grayscale `size` x `size` uint8 image from a JPEG or PNG (RGB, CMYK, L, 16-bit; any name), turned
-    upright by its EXIF orientation. Other formats and images over `MAX_PIXELS` are refused (ValueError)."""
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _progressive_coefficients(image: Image.Image) -> int:
+    """Bytes a progressive JPEG's decoder buffers whatever the draft: every DCT coefficient of the full-size image,
+    an 8 x 8 block of 2-byte coefficients per block of each component at its sampling (as libjpeg sizes them: a
+    4:2:0 colour JPEG holds about 3 bytes a pixel); 0 for anything else."""
+    if image.format != "JPEG" or not image.info.get("progressive"):
+        return 0
+    layers = getattr(image, "layer", None) or [(0, 1, 1, 0)] * len(image.getbands())  # (id, h, v, table)
+    h_max, v_max = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)
+    blocks = 0
+    for _, h, v, _ in layers:
+        across = _ceil(_ceil(image.width * h, h_max), 8)
+        down = _ceil(_ceil(image.height * v, v_max), 8)
+        blocks += _ceil(across, h) * h * _ceil(down, v) * v
+    return blocks * 64 * 2
+
+
+def _open_gray(path: Path, size: int) -> tuple[Image.Image, Image.Transpose | None]:
+    """The file as an 8-bit gray image (a JPEG at the smallest scale its draft allows above `size`), and the
+    transposition its EXIF orientation asks for; refused as `decode_image` says. Only the gray image outlives
+    this call: the decoded one is released as soon as the gray copy exists."""
     try:
         opened = Image.open(path, formats=FORMATS)  # no other format's parser ever sees the bytes
     except UnidentifiedImageError:
         raise ValueError("not a JPEG or PNG file: chest X-rays are read as JPEG or PNG") from None
     with opened as image:
-        if image.width * image.height > MAX_PIXELS:
-            raise ValueError(f"{image.width} x {image.height} pixels, over the limit of {MAX_PIXELS:,} (ablation.data)")
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{width} x {height} pixels, over the limit of {MAX_PIXELS:,} (ablation.data)")
+        if min(width, height) < MIN_SIDE:
+            raise ValueError(
+                f"{width} x {height} pixels, a side under the minimum of {MIN_SIDE} px (ablation.data.MIN_SIDE): "
+                "too small to be a chest X-ray"
+            )
+        mode, coefficients = image.mode, _progressive_coefficients(image)
         image.draft("L", (size, size))  # lets libjpeg decode large JPEGs at a reduced scale
-        upright = ImageOps.exif_transpose(image)
-        # Squashed, not cropped: the 224 px copy was made the same way and the lungs fill the frame.
-        return np.asarray(_to_gray(upright).resize((size, size), Image.Resampling.LANCZOS))
+        cost = decode_cost(image.mode, *image.size, size, coefficients)
+        if cost > DECODE_BUDGET_BYTES:
+            raise ValueError(
+                f"{width} x {height} pixels ({mode}{', progressive JPEG' if coefficients else ''}) need "
+                f"{cost / 2**20:.0f} MiB to decode, over the budget of {DECODE_BUDGET_BYTES / 2**20:.0f} MiB "
+                "(ablation.data.DECODE_BUDGET_BYTES)"
+            )
+        upright = _UPRIGHT.get(image.getexif().get(_ORIENTATION))
+        gray = _to_gray(image)
+        if gray is not image:
+            image.close()  # the decoded image's memory goes now, before the gray copy is turned and resized
+    return gray, upright
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One grayscale `size` x `size` uint8 image from a JPEG or PNG (RGB, CMYK, L, 16-bit; any name), turned
+    upright by its EXIF orientation. Refused (ValueError; the file is then skipped with a warning naming it and
+    why): other formats; images over `MAX_PIXELS`; images with a side under `MIN_SIDE` (32 px: no chest X-ray is
+    that small, and it is the smallest input every network takes, so anything smaller would only be blown up);
+    and images whose decode would hold more than `DECODE_BUDGET_BYTES` (`decode_cost`).
+
+    Memory: the decoded image is released as soon as its 8-bit gray copy exists, a 16-bit image is scaled to 8
+    bits in strips, and the EXIF turn and the resize work on the 8-bit copy, so one decode holds at most
+    `decode_cost` bytes: 158 MiB for a 50-megapixel 16-bit PNG (it held 1.4 GB before), 254 MiB for a
+    50-megapixel RGBA PNG; a baseline JPEG is decoded at a reduced scale (draft) and costs little."""
+    gray, upright = _open_gray(path, size)
+    if upright is not None:  # orientation and gray conversion commute: turning the 8-bit copy costs less
+        gray = gray.transpose(upright)
+    # Squashed, not cropped: the 224 px copy was made the same way and the lungs fill the frame.
+    return np.asarray(gray.resize((size, size), Image.Resampling.LANCZOS))
 
 
 @dataclass
@@ -189,8 +309,8 @@ def _decode_all(paths: list[Path], size: int) -> DecodedImages:
     # A cold cache can take minutes on the full data set: one line in the log, a bar on a terminal.
     log.info("decoding %d images at %d px into the cache (once per file list and size)", len(paths), size)
     bar = {"total": len(paths), "desc": f"decoding at {size} px", "unit": "image", "leave": False}
-    # Pillow releases the GIL while decoding, so threads use every core.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    # Pillow releases the GIL while decoding, so threads use the cores (at most DECODE_THREADS: memory stays bounded).
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
         results = list(tqdm(pool.map(one, paths), disable=not sys.stderr.isatty(), **bar))
     kept = np.array([not isinstance(r, str) for r in results], dtype=bool)
     skipped = {str(p): r for p, r in zip(paths, results, strict=True) if isinstance(r, str)}
@@ -256,7 +376,7 @@ def load_images(paths: list[Path], size: int, cache_dir: Path) -> DecodedImages:
                 decoded = _decode_all(paths, size)
                 _write_cache(file, decoded)
     for path, reason in decoded.skipped.items():
-        log.warning("skipped unreadable image %s (%s)", path, reason)
+        log.warning("skipped image %s (%s)", path, reason)  # unreadable, refused or too small
     return decoded
 
 

@@ -8,6 +8,7 @@ job has been pinned to its GPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -21,12 +22,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ablation import console, contract, devices, interrupts, sweep, tracking
+from ablation import console, contract, devices, interrupts, store, sweep, tracking
 from ablation.contract import redact
+from ablation.outbox import Outbox, ended_unsent, replay
 from ablation.resume import Identity, already_finished
 from ablation.validate import ConfigError, validate
 
 log = logging.getLogger(__name__)
+
+
+INTERRUPTED_WAIT_S = 10.0  # how long an interrupted job waits for a store that cannot take its ending
 
 
 class RunNotEndedError(RuntimeError):
@@ -73,20 +78,29 @@ def run_lifecycle(
     on_end: Callable[[Outcome], None] = lambda outcome: None,
     name: str = "",
     files: Path | None = None,
+    outbox: Outbox | None = None,
+    wait_s: float = 0.0,
 ) -> Iterator[Outcome]:
     """End the run FINISHED, FAILED (error tag, exception logged) or KILLED (Ctrl-C, SIGTERM, a scheduler's exit,
     or such an interrupt that a library's clean-up turned into another error), calling `on_end` first.
 
     An interrupt always propagates (Ctrl-C also ends the sweep's parent run); a failure propagates only with
     `raise_failures` (a sweep's job returns instead, so the other jobs go on). `name` is what the log calls the job.
-    A run the store would not end FINISHED (it went away) does not count as finished: the job fails, naming
-    `files`, the folder that keeps what the run wrote.
+    With an `outbox`, the ending is its last record, waited for at most `wait_s` (an interrupted job: at most
+    `INTERRUPTED_WAIT_S`). A run the store would not end FINISHED (it went away) does not count as finished: the job
+    fails, naming `files`, the folder that keeps what the run wrote, and the journal its records wait in.
     """
     outcome = Outcome()
 
+    def end(status: str, error: str | None = None, wait: float = wait_s) -> bool | str:
+        if outbox is None:
+            return tracking.end_run(client, run_id, status, error)
+        outbox.end(status, error)
+        return outbox.close(wait)
+
     def killed(interrupt: BaseException) -> None:
         outcome.status, outcome.error = "KILLED", _killed_message(interrupt)
-        tracking.end_run(client, run_id, "KILLED", outcome.error)
+        end("KILLED", outcome.error, min(wait_s, INTERRUPTED_WAIT_S))
         if parent and isinstance(interrupt, KeyboardInterrupt):
             tracking.end_run(client, parent, "KILLED", outcome.error)
         on_end(outcome)
@@ -105,14 +119,16 @@ def run_lifecycle(
             raise interrupt from error
         outcome.status, outcome.error = "FAILED", redact(f"{type(error).__name__}: {error}")
         log.exception("job failed: %s", name or run_id)
-        tracking.end_run(client, run_id, "FAILED", outcome.error)
+        end("FAILED", outcome.error)
         on_end(outcome)
         if raise_failures:
             raise
     else:
-        ended = tracking.end_run(client, run_id, "FINISHED")
+        ended = end("FINISHED")
         if ended is not True:
             kept = f"; its files stay in {files}" if files else ""
+            if outbox is not None:
+                kept += f"; its records wait in {outbox.path}, sent by the next command that opens the store"
             outcome.status = "FAILED"
             outcome.error = redact(f"trained, but the store would not end run {run_id} FINISHED ({ended}){kept}")
             log.error("job failed: %s: %s", name or run_id, outcome.error)
@@ -154,36 +170,40 @@ class Job:
 
 
 def open_store(cfg: DictConfig):
-    """The MLflow client and experiment id, with this experiment's dead runs reaped.
+    """The MLflow client and experiment id, checked first (`ablation.store`: `StoreError` says what is wrong), with
+    what earlier jobs' journals still hold sent (`ablation.outbox.replay`), then this experiment's dead runs reaped.
 
     The lock serialises the first touch of a fresh store (schema migration) across parallel jobs:
     MlflowClient opens its store, and so migrates a fresh SQLite file, as it is built.
     """
+    store.check(cfg.tracking.uri, create=True)
     Path(cfg.paths.runs).mkdir(parents=True, exist_ok=True)
     with FileLock(str(Path(cfg.paths.runs) / "mlflow-init.lock")):
         client = tracking.client(cfg.tracking.uri)
         experiment_id = tracking.ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_location)
+        replay(client, cfg.tracking.uri, cfg.paths.runs)
         tracking.reap_stale_runs(client, experiment_id, cfg.tracking.heartbeat_timeout_min * 60)
     return client, experiment_id
 
 
-def _train_and_log(cfg: DictConfig, client, run_id: str, out_dir: Path, warm: dict | None = None) -> dict:
-    """Train, write the run's files, upload them; the fields of the job's line. `warm`: `ablation.train.train`'s.
-    The run's params were logged when it was claimed (`run_job`)."""
+def _train_and_log(cfg: DictConfig, outbox: Outbox, out_dir: Path, warm: dict | None = None) -> dict:
+    """Train, write the run's files, then hand its records to the outbox (each epoch's metrics as it ends, step = epoch
+    number; the once-logged metrics at step 0; the files, uploaded once; the datasets); the fields of the job's line.
+    `warm`: `ablation.train.train`'s. The run's params were logged when it was claimed (`run_job`)."""
     with console.framework_start():  # Keras and TensorFlow load here, after the GPU is pinned
         from ablation import artifacts
         from ablation.data import files_digest
         from ablation.train import EpochLogger, train
 
-    epochs = EpochLogger(lambda epoch, m: tracking.log_epoch(client, run_id, epoch, m))
-    result = train(cfg, callbacks=[epochs], warm=warm)
-    tracking.log_outputs(client, run_id, artifacts.write(cfg, result, out_dir / "artifacts"), out_dir / "artifacts")
+    result = train(cfg, callbacks=[EpochLogger(lambda epoch, m: outbox.metrics(m, step=epoch))], warm=warm)
+    outbox.metrics(artifacts.write(cfg, result, out_dir / "artifacts"), step=0)
+    outbox.artifacts(out_dir / "artifacts")
     counts = result.data.record(cfg.class_weighting.name)["splits"]
     digests = {name: files_digest(getattr(result.data, name).files, cfg.data.root) for name in counts}
-    tracking.log_datasets(client, run_id, cfg.data.root, {name: (digests[name], counts[name]) for name in counts})
+    outbox.datasets(cfg.data.root, {name: (digests[name], counts[name]) for name in counts})
     monitor = f"kept_{cfg.trainer.monitor}"
     auc, accuracy = result.test_metrics["auc"], result.test_metrics["accuracy"]
-    log.info("finished run %s: test AUC %.4f, accuracy %.4f", run_id, auc, accuracy)
+    log.info("finished run %s: test AUC %.4f, accuracy %.4f", outbox.run_id, auc, accuracy)
     return {"test_auc": round(float(auc), 4), monitor: result.kept_metrics[str(cfg.trainer.monitor)]}
 
 
@@ -256,11 +276,13 @@ def _train_seat(
 ) -> None:
     """Train one claimed run inside its lifecycle (`run_lifecycle`), its line written as it ends."""
     end = lambda outcome: lines.write(entry, outcome.status, outcome.error, **outcome.fields)  # noqa: E731
+    outbox = Outbox(client, cfg.tracking.uri, seat.run_id, cfg.paths.runs)
+    wait_s = float(cfg.tracking.outage_wait_s)
     with (
-        run_lifecycle(client, seat.run_id, parent, raise_failures, end, seat.name, seat.out_dir) as outcome,
+        run_lifecycle(client, seat.run_id, parent, raise_failures, end, seat.name, seat.out_dir, outbox, wait_s) as out,
         tracking.system_metrics(cfg.tracking.uri, seat.run_id, cfg.tracking.system_metrics_s),
     ):
-        outcome.fields = _train_and_log(cfg, client, seat.run_id, seat.out_dir, warm)
+        out.fields = _train_and_log(cfg, outbox, seat.out_dir, warm)
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -270,7 +292,8 @@ def run_job(cfg: DictConfig) -> dict:
     packed = bool(cfg.pack.seeds)
     seeds = [int(seed) for seed in cfg.pack.seeds] if packed else [int(cfg.seed)]
     lines = Lines(job.num, job.in_sweep, job.sweep_dir, time.time())
-    tasks = {seed: _seed_task(job.task, seed) if packed else job.task for seed in seeds}  # a lone run's overrides
+    task = [tracking.portable_override(override, cfg.paths.root) for override in job.task]
+    tasks = {seed: _seed_task(task, seed) if packed else task for seed in seeds}  # a lone run's overrides
     entries = {
         seed: {"job": job.num, "seed": seed, "overrides": " ".join(tasks[seed])}
         | ({PACKED: len(seeds)} if packed else {})
@@ -295,33 +318,30 @@ def run_job(cfg: DictConfig) -> dict:
             return entries[seeds[0]]
         raise
 
-    client, experiment_id = open_store(cfg)
+    try:
+        client, experiment_id = open_store(cfg)
+    except store.StoreError as error:
+        log.error("%s", error)
+        for entry in entries.values():
+            lines.write(entry, "FAILED", error=str(error))
+        if job.in_sweep:
+            return entries[seeds[0]]
+        raise SystemExit(2) from None  # one line says it all
     commit = tracking.git_commit(cfg.paths.root)
     monitor = f"kept_{cfg.trainer.monitor}"
     configs = {seed: seed_config(cfg, seed) if packed else cfg for seed in seeds}
-    to_train = []
-    for seed in seeds:
-        identity = Identity.of(configs[seed])
-        if done := already_finished(client, experiment_id, configs[seed], identity, commit):
-            done_id, overrides = done.info.run_id, entries[seed]["overrides"]
-            log.info(
-                "skipped (already FINISHED as run %s): %s; tracking.skip_finished=false re-runs it", done_id, overrides
-            )
-            lines.write(entries[seed], "SKIPPED", run_id=done_id, **{monitor: done.data.metrics.get(monitor)})
-        else:
-            to_train.append((seed, identity))
+    held: list[str] = []  # the runs this job holds, parent included: their heartbeat says they are alive
+    parent, seats = None, []
 
-    parent = None
-    if to_train and job.in_sweep:
-        parent = sweep.parent_run(client, experiment_id, job.sweep_dir, cfg.tracking.uri)
-    seats = []
-    # Each seed claims its run, params logged, before any trains: each one ends with a status and says what it was.
-    for seed, identity in to_train:
-        name = entries[seed]["overrides"]
+    def create(seed: int, identity: Identity) -> str:
+        nonlocal parent
+        if parent is None and job.in_sweep:
+            parent = sweep.parent_run(client, experiment_id, job.sweep_dir, cfg.tracking.uri)
+            held.append(parent)
         tags = {
             contract.ROLE: contract.JOB,
             **identity.tags,
-            contract.OVERRIDES: name,
+            contract.OVERRIDES: entries[seed]["overrides"],
             contract.GIT_COMMIT: commit,
             **tracking.process_tags(),
             **({contract.DEVICES: visible} if visible is not None else {}),
@@ -329,26 +349,86 @@ def run_job(cfg: DictConfig) -> dict:
             **({contract.PACK: ",".join(map(str, seeds))} if packed else {}),
         }
         run_id = tracking.create_run(client, experiment_id, ", ".join(tasks[seed]) or cfg.model.name, tags)
-        try:
-            tracking.log_params(client, run_id, tracking.run_params(configs[seed]))
-        except Exception as error:
-            tracking.end_run(client, run_id, "FAILED", redact(f"{type(error).__name__}: {error}"))
-            raise
-        entries[seed]["run_id"] = run_id
-        log.info("MLflow run %s (%s) in experiment %r", run_id, name or "defaults", cfg.tracking.experiment)
-        seats.append(Seat(seed, run_id, job.out_dir / f"seed_{seed}" if packed else job.out_dir, name))
+        held.append(run_id)
+        return run_id
 
     beat_every = cfg.tracking.heartbeat_timeout_min * 60 / 10
-    with tracking.heartbeat(client, [*(seat.run_id for seat in seats), *([parent] if parent else [])], beat_every):
+    with tracking.heartbeat(client, held, beat_every):
+        # Each seed claims its run, params logged, before any trains: each one ends with a status and says what it was.
+        try:
+            for seed in seeds:
+                identity = Identity.of(configs[seed])
+                make = functools.partial(create, seed, identity)
+                claimed = _claim(client, experiment_id, configs[seed], identity, commit, make, held)
+                if not isinstance(claimed, str):
+                    done_id, overrides = claimed.info.run_id, entries[seed]["overrides"]
+                    log.info(
+                        "skipped (already FINISHED as run %s): %s; tracking.skip_finished=false re-runs it",
+                        *(done_id, overrides),
+                    )
+                    kept = {monitor: claimed.data.metrics.get(monitor)}
+                    lines.write(entries[seed], "SKIPPED", run_id=done_id, **kept)
+                    continue
+                tracking.log_params(client, claimed, tracking.run_params(configs[seed]))
+                entries[seed]["run_id"], name = claimed, entries[seed]["overrides"]
+                log.info("MLflow run %s (%s) in experiment %r", claimed, name or "defaults", cfg.tracking.experiment)
+                seats.append(Seat(seed, claimed, job.out_dir / f"seed_{seed}" if packed else job.out_dir, name))
+        except BaseException as error:  # nothing trained yet: the runs claimed end, saying why
+            interrupt = isinstance(error, KeyboardInterrupt | SystemExit)
+            why = _killed_message(error) if interrupt else redact(f"{type(error).__name__}: {error}")
+            for run_id in held:
+                if run_id != parent or isinstance(error, KeyboardInterrupt):
+                    tracking.end_run(client, run_id, "KILLED" if interrupt else "FAILED", f"{why}, before training")
+            raise
+
         if not packed and seats:
             [seat] = seats
-            _train_seat(cfg, client, seat, lines, entries[seat.seed], parent, raise_failures=not job.in_sweep)
+            try:
+                _train_seat(cfg, client, seat, lines, entries[seat.seed], parent, raise_failures=not job.in_sweep)
+            except RunNotEndedError:
+                raise SystemExit(1) from None  # trained, and its line says where everything waits: no traceback
         elif seats:
             _train_pack(cfg, client, seats, parent, lines, entries)
     if not packed:
         return entries[seeds[0]]
     kept = [entries[seed][monitor] for seed in seeds if entries[seed].get(monitor) is not None]
     return {"seeds": seeds, monitor: sum(kept) / len(kept) if kept else None}
+
+
+WAIT_POLL_S = 5.0  # how often a job waiting for another's claim looks at it
+
+
+def _claim(client, experiment_id: str, cfg: DictConfig, identity: Identity, commit: str, create, held: list[str]):
+    """The FINISHED run resume skips to, or the id of the run this job claimed (made by `create`) to train `cfg`.
+
+    Resume alone would let two sweeps into one store both train a configuration neither had finished. So a job trains a
+    configuration only if no live run of another job claimed it first (`tracking.claimed_before`); it waits for one that
+    did, and then skips to its run, or claims the configuration again if that run failed. Two claims made at once both
+    see each other, and agree on which came first (`start_time`, then run id): the other one's run is deleted, and
+    dropped from `held`, the runs whose heartbeat the job keeps.
+    `tracking.skip_finished=false` asks for another run, and claims nothing.
+    """
+    timeout_s = cfg.tracking.heartbeat_timeout_min * 60
+    while True:
+        if done := already_finished(client, experiment_id, cfg, identity, commit):
+            return done
+        if not cfg.tracking.skip_finished or identity.data is None:
+            return create()
+        rival = tracking.claimed_before(client, experiment_id, identity.tags, None, timeout_s)
+        if rival is None:
+            run_id = create()
+            rival = tracking.claimed_before(client, experiment_id, identity.tags, run_id, timeout_s)
+            if rival is None:
+                return run_id
+            client.delete_run(run_id)  # both claimed it at once, and the other claim came first
+            held.remove(run_id)
+        tags = rival.data.tags
+        log.info(
+            "waiting: run %s (process %s on %s) is training this configuration; this job goes on when it ends",
+            *(rival.info.run_id, tags.get(contract.PID), tags.get(contract.HOST)),
+        )
+        while not tracking.ended_or_reaped(client, rival.info.run_id, timeout_s):
+            time.sleep(WAIT_POLL_S)
 
 
 def _seed_task(task: list[str], seed: int) -> list[str]:
@@ -382,6 +462,8 @@ def _train_pack(cfg, client, seats: list[Seat], parent: str | None, lines: Lines
     for share, code in zip(shares, codes, strict=True):
         for seat in share:
             entry = entries[seat.seed]
+            if ended_unsent(cfg.paths.runs, seat.run_id):  # its worker ended it, but the store could not take it yet
+                continue
             run = client.get_run(seat.run_id)
             if run.info.status != "RUNNING":  # ended by its worker, which wrote its line: this process learns how
                 fields = {

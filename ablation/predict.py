@@ -10,14 +10,22 @@ preprocessed exactly as the run's training data was, from the run's logged `conf
 has `file,probability,label`: the probability of pneumonia and the label at the run's logged `threshold`
 metric (0.5 if the run has none). `--explain DIR` also writes a Grad-CAM overlay PNG per image.
 
-An unreadable file is named on stderr with the reason and the others are still predicted; the exit
-status is then 1. It is 2 when the run, its model or its config cannot be found, 0 otherwise.
+The CSV's `file` is the image's path relative to the folder the PATHs share: a folder PATH itself, a file
+PATH's folder, or, for several PATHs, the deepest folder holding them all (`common_folder`; named on stderr).
+So `ablation-predict ~/xrays` writes `NORMAL/a.jpeg`, and `... ~/xrays/a.png` writes `a.png`: no one reading
+the CSV on a shared server sees the user's home layout, and two files never get the same name.
+
+An unreadable file is named on stderr with the reason and the others are still predicted; so are an
+image under 32 px a side (`ablation.data.MIN_SIDE`) and a `.jpeg`/`.jpg`/`.png` link that cannot be followed
+(its target missing, or a loop of links). The exit status is then 1. It is 2 when the run, its model or its
+config cannot be found, 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import math
 import os
 import re
@@ -48,10 +56,9 @@ from ablation.contract import (  # noqa: E402
     MODEL_ARTIFACT,
     ROLE,
     default_tracking_uri,
-    missing_sqlite_store,
     redact,
 )
-from ablation.data import decode_image, escaped, not_utf8  # noqa: E402
+from ablation.data import decode_image, decode_threads, escaped, not_utf8  # noqa: E402
 from ablation.metrics import sigmoid  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -69,8 +76,13 @@ class PredictError(RuntimeError):
 
 
 def check_store(uri: str) -> None:
-    if (db := missing_sqlite_store(uri)) is not None:
-        raise PredictError(f"no MLflow store at {db} (tracking URI {uri}); pass --tracking-uri")
+    """PredictError, naming what is wrong, when the store at `uri` cannot be read (`ablation.store.check`)."""
+    from ablation.store import StoreError, check
+
+    try:
+        check(uri)
+    except StoreError as error:
+        raise PredictError(str(error)) from error
 
 
 def best_run(client: MlflowClient, experiment: str, metric: str) -> Run:
@@ -166,11 +178,26 @@ def load_run(client: MlflowClient, run_id: str) -> Iterator[LoadedRun]:
         yield LoadedRun(run_id, model, size, float(threshold), str(name))
 
 
+def broken_link(path: Path) -> str | None:
+    """Why `path`, a link, cannot be followed (its target is missing, or the links loop); None if it can."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a link that cannot be followed: the links loop back on themselves"
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"a link that cannot be followed: its target {escaped(os.readlink(path))} does not exist"
+        return f"a link that cannot be followed: {error.strerror}"
+    return None
+
+
 def find_images(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], dict[str, str]]:
-    """(file, name relative to the argument) of every image the arguments name, and the bad arguments.
+    """(file, name relative to the argument) of every image the arguments name, and the bad arguments and
+    files with the reason.
 
     A file argument is taken whatever its suffix; a folder contributes its .jpeg/.jpg/.png files at
-    any depth (hidden files and folders left out), sorted.
+    any depth (hidden files and folders left out), sorted. A link among them that cannot be followed
+    (dangling, or a loop) is named with the reason, not dropped.
     """
     found: list[tuple[Path, Path]] = []
     problems: dict[str, str] = {}
@@ -181,13 +208,16 @@ def find_images(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], d
         if arg.is_file():
             found.append((arg, Path(arg.name)))
         elif arg.is_dir():
-            files = sorted(
+            candidates = [
                 p
                 for p in arg.rglob("*")
                 if p.suffix.lower() in IMAGE_SUFFIXES
-                and p.is_file()
                 and not any(part.startswith(".") for part in p.relative_to(arg).parts)
-            )
+            ]
+            for p in candidates:
+                if p.is_symlink() and (why := broken_link(p)) is not None:
+                    problems[escaped(str(p))] = why
+            files = sorted(p for p in candidates if p.is_file())
             bad = not_utf8(str(p) for p in files)
             problems |= dict.fromkeys(bad, NOT_UTF8)
             files = [p for p in files if escaped(str(p)) == str(p)] if bad else files
@@ -195,8 +225,26 @@ def find_images(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], d
                 problems[str(arg)] = f"no {'/'.join(IMAGE_SUFFIXES)} files in this folder"
             found += [(p, p.relative_to(arg)) for p in files]
         else:
-            problems[str(arg)] = "no such file or folder"
+            problems[str(arg)] = (arg.is_symlink() and broken_link(arg)) or "no such file or folder"
     return found, problems
+
+
+def common_folder(paths: Sequence[str | Path]) -> Path:
+    """The folder the CSV's names are relative to: the deepest one holding every argument that exists (a
+    folder argument itself, a file argument's folder), absolute but with links as given; the current folder
+    when none exists."""
+    folders = []
+    for arg in map(Path, paths):
+        if arg.is_dir():
+            folders.append(os.path.abspath(arg))
+        elif arg.exists():
+            folders.append(os.path.dirname(os.path.abspath(arg)))
+    return Path(os.path.commonpath(folders)) if folders else Path.cwd()
+
+
+def csv_name(path: Path, base: Path) -> str:
+    """The CSV's `file`: `path` relative to `base` (`common_folder`), in POSIX form."""
+    return Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
 
 
 def _decode(path: Path, size: int) -> np.ndarray | str:
@@ -208,7 +256,8 @@ def _decode(path: Path, size: int) -> np.ndarray | str:
 
 def decode_many(paths: Sequence[Path], size: int) -> list[np.ndarray | str]:
     """Each file as `decode_image` gives it, or the reason it cannot be read."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
+    # Pillow decodes without the GIL; at most data.DECODE_THREADS at a time, each within data.DECODE_BUDGET_BYTES
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
         return list(pool.map(lambda p: _decode(p, size), paths))
 
 
@@ -251,9 +300,14 @@ def write_explanations(
 
 
 def predict(
-    loaded: LoadedRun, files: Sequence[tuple[Path, Path]], writer: csv.writer, explain: Path | None = None
+    loaded: LoadedRun,
+    files: Sequence[tuple[Path, Path]],
+    writer: csv.writer,
+    explain: Path | None = None,
+    relative_to: Path | None = None,
 ) -> dict[str, str]:
-    """Write a CSV row per readable file, in order; returns the unreadable ones with their reasons."""
+    """Write a CSV row per readable file, in order, named relative to `relative_to` (`csv_name`; the path as
+    given without it); returns the unreadable ones with their reasons."""
     failures: dict[str, str] = {}
     channels = int(loaded.model.input_shape[-1])
     used: set[Path] = set()
@@ -266,7 +320,8 @@ def predict(
             continue
         inputs = to_model_input([d for _, d in readable], channels)
         for ((path, _), _), p in zip(readable, probabilities(loaded.model, inputs), strict=True):
-            writer.writerow([str(path), f"{p:.6f}", CLASSES[int(p >= loaded.threshold)]])
+            name = str(path) if relative_to is None else csv_name(path, relative_to)
+            writer.writerow([name, f"{p:.6f}", CLASSES[int(p >= loaded.threshold)]])
         if explain is not None:
             write_explanations(loaded, [item for item, _ in readable], inputs, explain, used)
     return failures
@@ -317,6 +372,7 @@ def _open_out(out: str) -> Iterator:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     files, problems = find_images(args.paths)
+    base = common_folder(args.paths)
     try:
         check_store(args.tracking_uri)
         client = MlflowClient(tracking_uri=args.tracking_uri)
@@ -346,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with _open_out(args.out) as f:
                 writer = csv.writer(f)
                 writer.writerow(["file", "probability", "label"])
-                failures = predict(loaded, files, writer, args.explain)
+                failures = predict(loaded, files, writer, args.explain, base)
     except PredictError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
@@ -355,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, reason in failures.items():
         print(f"failed: {path}: {reason}", file=sys.stderr)
     where = "stdout" if args.out == "-" else args.out
-    print(f"predicted {done} image(s) into {where}; {len(failures)} failed", file=sys.stderr)
+    print(f"predicted {done} image(s) into {where}, named relative to {base}; {len(failures)} failed", file=sys.stderr)
     if args.explain is not None:
         print(f"Grad-CAM overlays in {args.explain}", file=sys.stderr)
     return 1 if failures else 0

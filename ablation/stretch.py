@@ -1,6 +1,7 @@
 """Aspect-ratio probe: does a run's model read the class from how wide the chest looks?
 
     python -m ablation.stretch --run-id ID [--factors 0.85,1,1.15] [--out stretch.csv] [--tracking-uri URI]
+        [--data-root DIR]
 
 Every X-ray reaches the network squashed to
 a square from whatever width/height ratio it had, so the chest's apparent width can carry a cue that
@@ -27,7 +28,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from ablation.contract import default_tracking_uri, redact
+from ablation.contract import default_data_root, default_tracking_uri, redact
 from ablation.metrics import binary_metrics
 from ablation.predict import PredictError, check_store, decode_many, load_run, probabilities, to_model_input
 
@@ -50,13 +51,15 @@ def stretch_width(image: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
-def _split_images(client: MlflowClient, run_id: str, split: str, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The labels and decoded images of the files the run's `<split>_predictions.csv` lists."""
+def _split_images(
+    client: MlflowClient, run_id: str, split: str, size: int, data_root: Path
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The labels and decoded images of the files the run's `<split>_predictions.csv` lists (under `data_root`)."""
     try:
         listed = pd.read_csv(client.download_artifacts(run_id, f"{split}_predictions.csv"))
     except (MlflowException, OSError) as error:
         raise PredictError(f"run {run_id} has no {split}_predictions.csv ({type(error).__name__})") from error
-    images = decode_many([Path(f) for f in listed["file"]], size)
+    images = decode_many([Path(data_root) / f for f in listed["file"]], size)  # an older run's absolute paths too
     unreadable = [(f, d) for f, d in zip(listed["file"], images, strict=True) if isinstance(d, str)]
     if unreadable:  # the data moved or changed since the run: name the file
         file, reason = unreadable[0]
@@ -64,13 +67,13 @@ def _split_images(client: MlflowClient, run_id: str, split: str, size: int) -> t
     return listed["label"].to_numpy(), images
 
 
-def probe(client: MlflowClient, run_id: str, factors: Sequence[float]) -> pd.DataFrame:
+def probe(client: MlflowClient, run_id: str, factors: Sequence[float], data_root: Path) -> pd.DataFrame:
     """One row per split and width factor: the run's metrics at its threshold and each class's median p."""
     rows = []
     with load_run(client, run_id) as loaded:
         channels = int(loaded.model.input_shape[-1])
         for split in SPLITS:
-            labels, images = _split_images(client, run_id, split, loaded.image_size)
+            labels, images = _split_images(client, run_id, split, loaded.image_size, data_root)
             for factor in factors:
                 inputs = to_model_input([stretch_width(image, factor) for image in images], channels)
                 p = probabilities(loaded.model, inputs)
@@ -112,6 +115,11 @@ def parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db)",
     )
     parser.add_argument("--out", type=Path, help="also write the table as CSV here")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        help="the folder the run's images are under (default: $CHEST_XRAY_ROOT, else ../shared/data/chest_xray)",
+    )
     return parser.parse_args(argv)
 
 
@@ -131,7 +139,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         check_store(uri)
-        table = probe(MlflowClient(uri), args.run_id, factors)
+        table = probe(MlflowClient(uri), args.run_id, factors, args.data_root or default_data_root())
     except PredictError as error:
         print(f"{name}: error: {redact(str(error))}", file=sys.stderr)
         return 2

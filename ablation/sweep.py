@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -19,12 +20,13 @@ from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ablation import contract, devices, tracking  # noqa: F401  (devices: registers the Ray launcher's GPU resolver here)
+from ablation import contract, devices, store, tracking  # noqa: F401  (devices: registers the Ray launcher's GPU resolver)
 from ablation.contract import DESIGN_ARTIFACT, DESIGN_FILE, DRIVER_FILE, JOBS_FILE, PARENT_FILE, redact
 
 log = logging.getLogger(__name__)
 
 NOT_DONE = ("FAILED", "REFUSED", "KILLED")
+PROJECT = os.environ.get("ABLATION_ROOT") or os.getcwd()  # paths.root (`python -m ablation` sets ABLATION_ROOT)
 
 
 def driver_tags(sweep_dir: Path) -> dict[str, str]:
@@ -48,7 +50,11 @@ def parent_run(client, experiment_id: str, sweep_dir: Path, uri: str) -> str:
             client,
             experiment_id,
             f"sweep {sweep_dir.parent.name} {sweep_dir.name}",
-            {contract.ROLE: contract.SWEEP, contract.SWEEP_DIR: str(sweep_dir), **driver_tags(sweep_dir)},
+            {
+                contract.ROLE: contract.SWEEP,
+                contract.SWEEP_DIR: tracking.portable(str(sweep_dir), PROJECT),
+                **driver_tags(sweep_dir),
+            },
         )
         record.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
         return run_id
@@ -153,14 +159,36 @@ def ui_hint(parent: dict) -> str:
     return f"\nMLflow UI: mlflow ui --backend-store-uri {redact(uri)}, then open the sweep's runs: {link}"
 
 
+def check_before_start(config: DictConfig) -> None:
+    """`paths.runs` and the store checked once, before any job starts or Hydra writes its first folder
+    (`ablation.store`): a store or a folder that cannot be used ends the command in one line, rather than each job in
+    turn with a traceback. The store is not checked when a sweep varies it."""
+    varied = [
+        o
+        for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []
+        if o.split("=", 1)[0].lstrip("+~") in ("tracking", "tracking.uri") and ("," in o or "(" in o)
+    ]
+    try:
+        store.check_runs_folder(Path(config.paths.runs))
+        if not varied:
+            store.check(str(config.tracking.uri), create=True)
+    except store.StoreError as error:
+        log.error("not started: %s", error)
+        raise SystemExit(2) from None
+
+
 class SweepSummary(Callback):
     """At the end of a sweep: a table of its jobs, the best run registered, the parent run ended, exit 1 if any job
     failed. Hydra calls the end of a sweep's callbacks in reverse order: listed first, this one runs last, after the
     report, so that its exit status is the sweep's."""
 
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        check_before_start(config)
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if dry_run(config):
             return  # a dry run writes nothing
+        check_before_start(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / DRIVER_FILE).write_text(json.dumps(tracking.process_tags()))
@@ -175,6 +203,7 @@ class SweepSummary(Callback):
         failed = table[table.status.isin(NOT_DONE)]
         parent = parent_of(sweep_dir)
         if parent:
+            contract.hide_credentials(parent["tracking_uri"])  # ending the parent run prints MLflow's URL line
             print(ui_hint(parent))
         if parent and config.tracking.register:
             register(config, parent, table)

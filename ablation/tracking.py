@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from omegaconf import DictConfig
@@ -69,9 +69,36 @@ def client(uri: str) -> HeldClient:
     return HeldClient(mlflow.MlflowClient(tracking_uri=uri))
 
 
+# A param (or an override) whose value is an absolute path names a place on the machine that ran the job (data.root,
+# paths.*, a SQLite or file URI). A shared server shows every run's params to everyone, so such a value is recorded
+# without the user's home layout (`portable`): nothing reads them back (they locate, they do not define a
+# configuration: `contract.NOT_CONFIGURATION`), and the images are named by the data's digest tag.
+PATH_SCHEMES = ("sqlite:///", "file://", "")  # what may come before an absolute path in such a value
+
+
+def portable(value: str, root: str | Path) -> str:
+    """A path (or a `sqlite:///` or `file://` URI of one) relative to the project folder `root` when inside it, else
+    `.../` and its last name; any other value as it is."""
+    for scheme in PATH_SCHEMES:
+        rest = value[len(scheme) :]
+        if value.startswith(scheme) and rest.startswith("/") and not rest.startswith("//"):
+            path, base = Path(rest), Path(root).resolve()
+            inside = path == base or base in path.parents
+            return scheme + (str(path.relative_to(base)) if inside else f".../{path.name}")
+    return value
+
+
+def portable_override(override: str, root: str | Path) -> str:
+    """A command-line override (`data.root=/home/me/xray`) with its value `portable`: the run's name and its overrides
+    tag are the command line."""
+    key, sep, value = override.partition("=")
+    return f"{key}={portable(value, root)}" if sep else override
+
+
 def run_params(cfg: DictConfig) -> dict[str, str]:
-    """Every leaf of the resolved config under its dotted name (passwords redacted), plus the group choices."""
-    params = {key: redact(value) for key, value in flatten(cfg).items()}
+    """Every leaf of the resolved config under its dotted name (passwords redacted, the machine's paths `portable`),
+    plus the group choices."""
+    params = {key: portable(redact(value), cfg.paths.root) for key, value in flatten(cfg).items()}
     params.update(
         model=cfg.model.name,
         augmentation=cfg.augmentation.name,
@@ -140,19 +167,43 @@ def _stale_because(run: Run, timeout_s: float, now: float) -> str | None:
     return None
 
 
+def _reap(mlflow_client: mlflow.MlflowClient, run: Run, timeout_s: float, now: float) -> bool:
+    """End `run` KILLED, saying why, if it is stale (`_stale_because`); whether it was."""
+    reason = _stale_because(run, timeout_s, now)
+    if reason is None:
+        return False
+    mlflow_client.set_tag(run.info.run_id, ERROR, reason)
+    mlflow_client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    log.warning("marked stale run %s KILLED: %s", run.info.run_id, reason)
+    return True
+
+
 def reap_stale_runs(mlflow_client: mlflow.MlflowClient, experiment_id: str, timeout_s: float) -> list[str]:
     """End as KILLED every RUNNING run whose heartbeat is older than `timeout_s` (from any host: a restarted
     container, another SLURM node, a reused pid), or of this host whose process is gone (kill -9, OOM killer)."""
-    reaped, now = [], time.time()
-    for run in mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
-        reason = _stale_because(run, timeout_s, now)
-        if reason is None:
-            continue
-        mlflow_client.set_tag(run.info.run_id, ERROR, reason)
-        mlflow_client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-        reaped.append(run.info.run_id)
-        log.warning("marked stale run %s KILLED: %s", run.info.run_id, reason)
-    return reaped
+    now = time.time()
+    running = mlflow_client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+    return [run.info.run_id for run in running if _reap(mlflow_client, run, timeout_s, now)]
+
+
+def claimed_before(
+    client: mlflow.MlflowClient, experiment_id: str, identity: dict[str, str], run_id: str | None, timeout_s: float
+) -> Run | None:
+    """The first live RUNNING run with these identity tags (config hash and data digest) that claimed its
+    configuration before run `run_id` did (any such run, for None): ordered by start time, then run id, which every
+    job reads the same. A stale one (`_stale_because`) is reaped, not counted."""
+    where = " and ".join(f"tags.`{key}` = '{value}'" for key, value in identity.items())
+    runs = client.search_runs([experiment_id], f"{where} and attributes.status = 'RUNNING'", max_results=1000)
+    now, order = time.time(), lambda run: (run.info.start_time, run.info.run_id)
+    mine = next((run for run in runs if run.info.run_id == run_id), None)
+    earlier = [run for run in runs if run.info.run_id != run_id and (mine is None or order(run) < order(mine))]
+    return min((run for run in earlier if not _reap(client, run, timeout_s, now)), key=order, default=None)
+
+
+def ended_or_reaped(mlflow_client: mlflow.MlflowClient, run_id: str, timeout_s: float) -> bool:
+    """Whether run `run_id` has ended, or was stale and is now reaped."""
+    run = mlflow_client.get_run(run_id)
+    return run.info.status != "RUNNING" or _reap(mlflow_client, run, timeout_s, time.time())
 
 
 @contextlib.contextmanager
@@ -210,12 +261,6 @@ def create_run(mlflow_client: mlflow.MlflowClient, experiment_id: str, name: str
     return mlflow_client.create_run(experiment_id, run_name=name[:250], tags=tags).info.run_id
 
 
-def log_epoch(mlflow_client: mlflow.MlflowClient, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
-    """One epoch's metrics, step = epoch number (1-based)."""
-    now = int(time.time() * 1000)
-    mlflow_client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
-
-
 SPLIT_SOURCES = {"train": "train", "val": "train", "test": "test"}  # validation is carved from train/, by patient
 # A store's unique-key error, as PostgreSQL, SQLite and MySQL word it: two writers inserted the same row.
 UNIQUE_KEY_ERRORS = ("UniqueViolation", "UNIQUE constraint failed", "Duplicate entry", "duplicate key value")
@@ -227,7 +272,8 @@ def log_datasets(
 ) -> None:
     """The run's train, validation and test splits as MLflow dataset inputs (the UI's "Datasets used"): named
     `<folder>-<split>`, with the digest of the split's own files (`ablation.data.files_digest`, as resume's
-    `data_digest` of the whole folder: a split of another seed is another dataset), the folder they come from,
+    `data_digest` of the whole folder: a split of another seed is another dataset), the folder they come from
+    (`<folder>/train`, relative to the data's parent folder),
     and their images and patients per class as the profile. `splits`: name: (digest, counts per class)."""
     root_path = Path(root).resolve()
     inputs = []
@@ -237,7 +283,7 @@ def log_datasets(
             name=f"{root_path.name}-{split}",
             digest=digest,
             source_type="local",
-            source=json.dumps({"uri": str(root_path / SPLIT_SOURCES[split])}),
+            source=json.dumps({"uri": f"{root_path.name}/{SPLIT_SOURCES[split]}"}),  # `portable`: no home layout
             profile=json.dumps(profile),
         )
         inputs.append(DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)]))
@@ -259,13 +305,6 @@ def log_params(mlflow_client: mlflow.MlflowClient, run_id: str, params: dict[str
     items = [Param(k, v) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         mlflow_client.log_batch(run_id, params=items[start : start + 100])
-
-
-def log_outputs(mlflow_client: mlflow.MlflowClient, run_id: str, metrics: dict[str, float], folder: Path) -> None:
-    """A trained run's once-logged metrics (step 0) and every file under `folder`, uploaded once."""
-    now = int(time.time() * 1000)
-    mlflow_client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    mlflow_client.log_artifacts(run_id, str(folder))
 
 
 CHAMPION = "champion"  # the alias a sweep gives the version it registers

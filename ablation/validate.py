@@ -57,6 +57,8 @@ def _top_level(cfg: DictConfig) -> None:
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an int >= 1")
     for metric, margin in cfg.verdict.margins.items():
         _check(0 < margin < 1, f"verdict.margins.{metric}", margin, "a difference in (0, 1) of the metric")
+    wait = cfg.tracking.outage_wait_s
+    _check(wait >= 0, "tracking.outage_wait_s", wait, "seconds >= 0 a job's end waits for a store that is away")
 
 
 def _optimizer(opt: DictConfig) -> None:

@@ -1,6 +1,9 @@
 """Command line: `python -m analysis report [--experiment NAME] [--tracking-uri URI] [--out DIR]
-[--baseline K=V,...] [--margin METRIC=X,...] [--sweep RUN_ID | --all-runs] [--replicates N] [--halfwidth H]` and
-`python -m analysis calibrate --experiment NAME [--tracking-uri URI] [--out DIR] [--splits N]`."""
+[--baseline K=V,...] [--margin METRIC=X,...] [--sweep RUN_ID | --all-runs] [--replicates N] [--halfwidth H]
+[--no-log]` and `python -m analysis calibrate --experiment NAME [--tracking-uri URI] [--out DIR] [--splits N]`.
+
+Exit status: 0 done, 2 an error (one line on stderr), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP: one line; the
+report is logged whole or not at all)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
+from ablation import interrupts
 from ablation.contract import MARGINS, quiet_environment, redact
-from analysis.runs import AnalysisError, load_study, tracking_uri
+from analysis.runs import AnalysisError, forget_interrupt, load_study, taking_interrupts, tracking_uri
+
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 
 def margins(spec: str) -> dict[str, float]:
@@ -68,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     which = report.add_mutually_exclusive_group()
     which.add_argument("--sweep", metavar="RUN_ID", help="sweep parent run to analyse (default: the latest)")
     which.add_argument("--all-runs", action="store_true", help="every job run of the experiment, not one sweep")
+    report.add_argument(
+        "--no-log",
+        action="store_true",
+        help="write the report without logging it to the sweep's parent run (a read-only store)",
+    )
     calibrate = commands.add_parser(
         "calibrate", help="the A/A check: the verdict rule's false better/worse rate on random splits of seeds"
     )
@@ -82,20 +93,47 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "calibrate":
-            return _calibrate(args)
-        # Imported late so that `--help` and argument errors answer without loading matplotlib.
-        from analysis.report import build_report, default_out
-
-        study = load_study(tracking_uri(args.tracking_uri), args.experiment, args.sweep, args.all_runs)
-        out = args.out or default_out(study)
-        written = build_report(study, out, args.baseline, args.replicates, args.halfwidth, args.margin)
+        with taking_interrupts():  # Ctrl-C, SIGTERM, SIGHUP: after the store call they land in; one line, exit 130
+            return _calibrate(args) if args.command == "calibrate" else _report(args)
     except AnalysisError as error:
         print(f"analysis {args.command}: error: {redact(str(error))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        interrupts.take()
+        forget_interrupt()
+        why = str(interrupt) or "Ctrl-C"  # SIGTERM and SIGHUP say their name
+        print(f"analysis {args.command}: interrupted ({why}); {_left(interrupt)}", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _left(interrupt: KeyboardInterrupt) -> str:
+    """What an interrupted command left on the parent run (`analysis.report.log_to_parent` says), in a few words."""
+    done, total, parent_id = getattr(interrupt, "logged", (0, 0, None))
+    if done == 0:
+        return "nothing was logged"
+    if done == total:
+        return f"the report had been written and logged whole to run {parent_id}"
+    return f"{done} of the report's {total} files were logged to run {parent_id} (a second interrupt): run it again"
+
+
+def _report(args) -> int:
+    # Imported late so that `--help` and argument errors answer without loading matplotlib.
+    from analysis.report import build_report, default_out
+    from analysis.sections import duplicates_line
+
+    study = load_study(tracking_uri(args.tracking_uri), args.experiment, args.sweep, args.all_runs)
+    out = args.out or default_out(study)
+    what = f"sweep {study.parent_id}" if study.parent_id else f"all job runs of experiment {study.experiment!r}"
+    print(f"building the report of {what} ({len(study.finished)} finished runs) in {out}", flush=True)
+    if line := duplicates_line(study.duplicates):
+        print(line, flush=True)
+    log = not args.no_log
+    written = build_report(study, out, args.baseline, args.replicates, args.halfwidth, args.margin, log=log)
     print(f"{len(written.files)} files written to {out}")
-    if study.parent_id:
+    if written.logged:
         print(f"logged to run {study.parent_id} under artifact path report/")
+    elif study.parent_id:
+        print(f"not logged to run {study.parent_id} (--no-log)")
     print(f"report: {out / 'report.html'}\n{written.headline}")
     return 0
 

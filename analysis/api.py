@@ -6,6 +6,7 @@
     study.ablation, study.effects, study.planning      # the report's tables, as its CSV files hold them
     study.learning_curves()                            # a matplotlib figure
     study.report()                                     # the whole report: shown inline in Jupyter; .files, .folder
+    study.duplicates                                   # finished runs set aside: a newer one has their configuration
 
 Everything comes from `analysis.report`, the code `ablation-report report` runs: the same tables, the same files.
 """
@@ -73,6 +74,12 @@ class StudyView:
         return self.study.finished
 
     @property
+    def duplicates(self) -> pd.DataFrame:
+        """The finished runs set aside, one row each: the same configuration, seed and data as a newer finished run
+        (`kept_run_id`), which alone counts. Empty when none."""
+        return self.study.duplicates
+
+    @property
     def ablation(self) -> pd.DataFrame:
         return self.tables.ablation
 
@@ -99,10 +106,11 @@ class StudyView:
 
         return figures.learning_curves(self.tables.finished, self.tables.factors, self.tables.history)
 
-    def report(self, out: str | Path | None = None) -> Report:
-        """The report `ablation-report report` writes, into `out` (a new temporary folder if None)."""
+    def report(self, out: str | Path | None = None, log: bool = True) -> Report:
+        """The report `ablation-report report` writes, into `out` (a new temporary folder if None), logged to the
+        sweep's parent run unless `log=False` (`--no-log`)."""
         folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="ablation-report-"))
-        written = reporting.build_report(self.study, folder, self.baseline, margins=self.margins)
+        written = reporting.build_report(self.study, folder, self.baseline, margins=self.margins, log=log)
         return Report(folder, written.files, written.headline)
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ablation.contract import DEFAULT_THRESHOLD, TEST_METRICS
+from ablation.contract import DEFAULT_THRESHOLD, TEST_METRICS, image_key
 from ablation.metrics import METRICS
 from analysis.runs import AnalysisError
 
@@ -49,7 +49,10 @@ def align(predictions: dict[str, pd.DataFrame], thresholds: dict[str, float]) ->
     """The runs' `test_predictions.csv` frames (file, label, probability) on the files they all share."""
     if not predictions:
         return None
-    frames = {run_id: frame.drop_duplicates("file").set_index("file") for run_id, frame in predictions.items()}
+    frames = {
+        run_id: frame.assign(file=frame["file"].map(image_key)).drop_duplicates("file").set_index("file")
+        for run_id, frame in predictions.items()
+    }
     first = next(iter(frames.values()))
     files = [f for f in first.index if all(f in frame.index for frame in frames.values())]
     if not files:

@@ -1,5 +1,6 @@
 """`python -m analysis report`: the tables (CSV), figures (PNG) and report (Markdown + one
-self-contained HTML file) of one ablation study, logged back to the sweep run under `report/`."""
+self-contained HTML file) of one ablation study, logged back to the sweep run under `report/` (not with
+`--no-log`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation.contract import DEFAULT_THRESHOLD, REPORT_ARTIFACT
+from ablation import interrupts
+from ablation.contract import DEFAULT_THRESHOLD, REPORT_ARTIFACT, redact
 from analysis import comparisons, figures, render
 from analysis.bootstrap import REPLICATES, Bootstrap, align
 from analysis.compare import ALPHA
@@ -40,12 +42,16 @@ def default_out(study: Study, runs: Path | None = None) -> Path:
     return (runs or Path.cwd() / "runs") / "reports" / f"{name}-{study.parent_id[:8] if study.parent_id else 'all'}"
 
 
-def designed_cells(design: dict | None, finished: pd.DataFrame, factors: list[str]) -> tuple[list, tuple | None]:
+def designed_cells(
+    design: dict | None, finished: pd.DataFrame, factors: list[str], kept_for: dict[str, str] | None = None
+) -> tuple[list, tuple | None]:
     """From a sweep's design record (loco, one_at_a_time): each compared cell as (label, configuration,
-    its reference's configuration), and the first reference's configuration (the report's baseline)."""
+    its reference's configuration), and the first reference's configuration (the report's baseline). `kept_for`:
+    a duplicate run's id -> the run kept in its place (`Study.duplicates`), for a design that names a duplicate."""
     if not design or design.get("design") == "grid":
         return [], None
     keys = dict(zip(finished["run_id"], config_keys(finished, factors), strict=True))
+    keys |= {aside: keys[kept] for aside, kept in (kept_for or {}).items() if kept in keys}
     key_of = {}
     for cell in design["cells"]:
         found = [keys[job["run_id"]] for job in cell["jobs"] if job.get("run_id") in keys]
@@ -104,7 +110,8 @@ def _prepared(study: Study, baseline_spec: str | None, predictions: dict):
     test predictions on their shared images."""
     finished = study.finished.reset_index(drop=True)
     factors, aliases = find_factors(finished, study.params)
-    compared, reference = designed_cells(study.design, finished, factors)
+    kept_for = dict(zip(study.duplicates["run_id"], study.duplicates["kept_run_id"], strict=True))
+    compared, reference = designed_cells(study.design, finished, factors, kept_for)
     given = parse_baseline(baseline_spec)
     if reference is not None and not given:  # a designed study's baseline is its design's
         given = dict(zip(factors, reference, strict=True))
@@ -177,10 +184,15 @@ def fetch_artifacts(study: Study, tables: Tables, out: Path, predictions: dict) 
     return Fetched(best, transfer, top, record)
 
 
-def write_tables(tables: Tables, fetched: Fetched, out: Path) -> list[Path]:
+DUPLICATES_CSV = "duplicates.csv"
+
+
+def write_tables(tables: Tables, fetched: Fetched, out: Path, duplicates: pd.DataFrame | None = None) -> list[Path]:
     csvs = tables.csvs()
     if not fetched.transfer.empty:
         csvs["threshold_transfer.csv"] = fetched.transfer
+    if duplicates is not None and len(duplicates):
+        csvs[DUPLICATES_CSV] = duplicates
     for name, frame in csvs.items():
         frame.to_csv(out / name, index=False)
     return [out / name for name in csvs]
@@ -204,17 +216,38 @@ def write_documents(blocks: list, out: Path, title: str) -> list[Path]:
     return [out / "report.md", out / "report.html"]
 
 
+class NotLogged(AnalysisError):
+    """The report's files were written, but the store would not take them (a read-only store)."""
+
+
 def log_to_parent(study: Study, files: list[Path]) -> None:
-    """Upload the report's files to the sweep parent run, under `report/`; nothing without a parent."""
+    """Upload the report's files to the sweep parent run, under `report/`; nothing without a parent. A Ctrl-C (or
+    SIGTERM) waits until every file is logged, so an interrupted report is logged whole or not at all; a second one
+    stops at once."""
     if study.parent_id:
-        for path in files:
-            study.client.log_artifact(study.parent_id, str(path), REPORT_ARTIFACT)
+        logged = 0
+        try:
+            with interrupts.held():
+                for path in files:
+                    study.client.log_artifact(study.parent_id, str(path), REPORT_ARTIFACT)
+                    logged += 1
+        except KeyboardInterrupt as interrupt:
+            interrupt.logged = (logged, len(files), study.parent_id)  # what it left (`python -m analysis` says)
+            raise
+        except Exception as error:
+            first = (str(error).strip().splitlines() or [""])[0][:300]
+            why = redact(f"{type(error).__name__}: {first}")
+            raise NotLogged(
+                f"the report was written, but not logged to run {study.parent_id} ({why}); pass --no-log to write "
+                "it without logging it"
+            ) from error
 
 
 @dataclass
 class Written:
     files: list[Path]
     headline: str  # the report's first line: the best configuration, or what a designed study found
+    logged: bool = False  # uploaded to the sweep's parent run
 
 
 def build_report(
@@ -224,18 +257,24 @@ def build_report(
     replicates: int = REPLICATES,
     halfwidth=HALFWIDTH,
     margins: dict[str, float] | None = None,
+    log: bool = True,
 ) -> Written:
-    """Write every output file into `out`; log them to the sweep run when there is one. `margins`: the practical
-    margin per test metric for "equivalent" (`ablation.contract.MARGINS` by default)."""
+    """Write every output file into `out`; log them to the sweep run when there is one and `log`. `margins`: the
+    practical margin per test metric for "equivalent" (`ablation.contract.MARGINS` by default). Raises `NotLogged`
+    when the files are written but the store will not take them."""
     with tempfile.TemporaryDirectory() as tmp:
         predictions = fetch_predictions(study, study.finished, Path(tmp))
     tables = compute_tables(study, baseline_spec, predictions, replicates, halfwidth, margins)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AnalysisError(f"cannot write the report to {out}: {error.strerror or error}") from None
     fetched = fetch_artifacts(study, tables, out, predictions)
-    files = write_tables(tables, fetched, out) + draw_figures(tables, fetched, out) + fetched.gradcams
-    files += write_documents(report_blocks(study, tables, fetched), out, study.experiment)
-    log_to_parent(study, files)
-    return Written(files, headline(tables))
+    files = write_tables(tables, fetched, out, study.duplicates) + draw_figures(tables, fetched, out)
+    files += fetched.gradcams + write_documents(report_blocks(study, tables, fetched), out, study.experiment)
+    if log:
+        log_to_parent(study, files)
+    return Written(files, headline(tables), logged=bool(log and study.parent_id))
 
 
 def calibration(study: Study, splits: int) -> pd.DataFrame:

@@ -1,24 +1,36 @@
 """Read one ablation study out of MLflow for `python -m analysis report`.
 
 A study is a sweep parent run (tag `ablation.role=sweep`) and its job runs, or every job run of an
-experiment (`--all-runs`). Everything goes through `mlflow.MlflowClient`; the result is a flat
-DataFrame with one row per job run (status, error tag, params as strings, once-only metrics).
+experiment (`--all-runs`). Everything goes through `mlflow.MlflowClient` (a `tracking.HeldClient`: a Ctrl-C waits
+for the store call it lands in); the result is a flat DataFrame with one row per job run (status, error tag, params
+as strings, once-only metrics). Of the FINISHED runs of one configuration, data and seed (tags `ablation.config_hash`,
+which includes the seed, and `ablation.data_digest`) only the newest is kept: the others are `Study.duplicates`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import signal
 import tempfile
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
+from requests.exceptions import RequestException
+from sqlalchemy.exc import SQLAlchemyError
 
+from ablation import interrupts, store, tracking
 from ablation.contract import (
+    CONFIG_HASH,
     CURVE_METRICS,
+    DATA_DIGEST,
     DATA_RECORD,
     DESIGN_ARTIFACT,
     DESIGN_FILE,
@@ -28,27 +40,34 @@ from ablation.contract import (
     ONCE_METRICS,
     PARENT,
     ROLE,
+    RUNS_DIR,
     SWEEP,
     TEST_METRICS,
     as_current,
     default_tracking_uri,
-    missing_sqlite_store,
+    redact,
 )
+from ablation.outbox import replay
 
 
 class AnalysisError(RuntimeError):
     """The requested store, experiment or sweep cannot be analysed; the message says which and why."""
 
 
+DUPLICATE_COLUMNS = ["run_id", "run_name", "start_time", "end_time", "config_hash", "data_digest", "kept_run_id"]
+
+
 @dataclass
 class Study:
-    client: MlflowClient
+    client: MlflowClient  # a `tracking.HeldClient` from `load_study`
     tracking_uri: str
     experiment: str
     parent_id: str | None  # None with --all-runs
     runs: pd.DataFrame  # run id, name, status, error, start time; metrics; params (all job runs, any status)
     params: list[str]
     design: dict | None = None  # the sweep's design record (ablation.sweep.record_design), if its sweeper wrote one
+    # FINISHED job runs set aside: the same configuration, data and seed as a newer FINISHED run (`kept_run_id`)
+    duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DUPLICATE_COLUMNS))
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -80,13 +99,39 @@ class Study:
         return json.loads(path.read_text()) if path else None
 
 
+@contextlib.contextmanager
+def taking_interrupts() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP as `ablation.interrupts` takes them (a store call finishes before its interrupt is
+    raised) inside the block; the handlers before it after (a notebook's, a test process's)."""
+    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    main = threading.current_thread() is threading.main_thread()
+    before = {signum: signal.getsignal(signum) for signum in signals} if main else {}
+    interrupts.install()
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def forget_interrupt() -> None:
+    """After a handled Ctrl-C: let the process exit with the status it chooses. CPython remembers a KeyboardInterrupt
+    that escaped code run through `PyRun_String` (Cython's and pybind11's module set-up: an import the Ctrl-C landed
+    in) and then ends `python -m ...` by SIGINT whatever its exit status; running any string through it resets that."""
+    with contextlib.suppress(Exception):
+        ctypes.pythonapi.PyRun_SimpleString(b"pass")
+
+
 def tracking_uri(given: str | None) -> str:
     return given or default_tracking_uri()
 
 
 def _check_store(uri: str) -> None:
-    if (path := missing_sqlite_store(uri)) is not None:
-        raise AnalysisError(f"no MLflow store at {path} (tracking URI {uri}); run a sweep first or pass --tracking-uri")
+    """`ablation.store.check`: a missing, empty, corrupt or foreign store, or a server that does not answer, named."""
+    try:
+        store.check(uri)
+    except store.StoreError as error:
+        raise AnalysisError(str(error)) from None
 
 
 def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str, **kw) -> list[Run]:
@@ -153,6 +198,9 @@ def _runs_frame(runs: list[Run], params: list[str]) -> pd.DataFrame:
                 "status": r.info.status,
                 "error": r.data.tags.get(ERROR, ""),
                 "start_time": r.info.start_time,
+                "end_time": r.info.end_time,
+                "config_hash": r.data.tags.get(CONFIG_HASH, ""),
+                "data_digest": r.data.tags.get(DATA_DIGEST, ""),
                 **{m: r.data.metrics.get(m, float("nan")) for m in TEST_METRICS + ONCE_METRICS + KEPT_METRICS},
                 **{p: as_current(r.data.params).get(p) for p in params},
             }
@@ -184,9 +232,47 @@ def _sweep_runs(client: MlflowClient, experiment_id: str, parent_id: str, design
     return sorted(runs, key=lambda r: r.info.start_time)
 
 
-def load_study(uri: str, experiment: str | None = None, sweep: str | None = None, all_runs: bool = False) -> Study:
+def set_aside_duplicates(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the runs less the duplicates, the duplicates): of the FINISHED runs with the same config hash (the seed is
+    part of it) and data digest, all but the newest (by start time, then end time). Runs without both tags (logged
+    before them) are never merged; FAILED and KILLED runs are never duplicates."""
+    tagged = (runs["status"] == "FINISHED") & (runs["config_hash"] != "") & (runs["data_digest"] != "")
+    ranked = runs[tagged].sort_values(["start_time", "end_time"], kind="stable", na_position="first")
+    newest = ranked.groupby(["config_hash", "data_digest"], sort=False)["run_id"].transform("last")
+    aside = ranked[ranked["run_id"] != newest].assign(kept_run_id=newest[ranked["run_id"] != newest])
+    return runs.drop(index=aside.index), aside.reindex(columns=DUPLICATE_COLUMNS).reset_index(drop=True)
+
+
+# How a store that cannot be read fails its first calls: MLflow's own error (a schema from another MLflow, a server's
+# answer), SQLAlchemy's (a file SQLite cannot read), the file system's or the network's.
+STORE_FAILURES = (MlflowException, SQLAlchemyError, OSError, RequestException)
+
+
+def _store_error(uri: str, error: Exception) -> AnalysisError:
+    first = (str(error).strip().splitlines() or [""])[0][:300]  # SQLAlchemy appends the statement
+    return AnalysisError(f"cannot read the MLflow store {redact(uri)}: {redact(f'{type(error).__name__}: {first}')}")
+
+
+def load_study(
+    uri: str,
+    experiment: str | None = None,
+    sweep: str | None = None,
+    all_runs: bool = False,
+    runs_dir: Path | None = None,
+) -> Study:
+    """The study the arguments name (see `_select`); a store that cannot be read raises `AnalysisError` naming it.
+    First, what jobs of this machine could not send to the store (their journals under `runs_dir`, default `runs/`
+    of the working directory: `ablation.outbox.replay`) is sent, so that their runs count with their true ending."""
     _check_store(uri)
-    client = MlflowClient(tracking_uri=uri)
+    try:
+        client = tracking.client(uri)
+        replay(client, uri, runs_dir or Path.cwd() / RUNS_DIR)
+        return _load(client, uri, experiment, sweep, all_runs)
+    except STORE_FAILURES as error:  # a broken store that `ablation.store.check` let through: named, no traceback
+        raise _store_error(uri, error) from error
+
+
+def _load(client, uri: str, experiment: str | None, sweep: str | None, all_runs: bool) -> Study:
     exp, parent = _select(client, uri, experiment, sweep, all_runs)
     design = _design(client, parent.info.run_id) if parent is not None else None
     if parent is not None:
@@ -198,4 +284,5 @@ def load_study(uri: str, experiment: str | None = None, sweep: str | None = None
         raise AnalysisError(f"{what} has no finished job runs ({len(runs)} job runs in total)")
     params = sorted({k for r in runs for k in as_current(r.data.params)})
     parent_id = parent.info.run_id if parent else None
-    return Study(client, uri, exp.name, parent_id, _runs_frame(runs, params), params, design)
+    kept, duplicates = set_aside_duplicates(_runs_frame(runs, params))
+    return Study(client, uri, exp.name, parent_id, kept.reset_index(drop=True), params, design, duplicates)

@@ -543,7 +543,8 @@ def _method(aliases: dict[str, list[str]], replicates: int) -> list[str]:
         "test by DeLong's method (fast midrank form), accuracy by McNemar's exact test: model-level tests, no "
         "verdict.",
         f"Stability: {STABILITY_RULE}.",
-        "Failed and killed runs are listed and never averaged in.",
+        "Failed and killed runs are listed and never averaged in. Of the finished runs with the same configuration "
+        "hash (the seed included) and data digest, only the newest counts; the others are listed as duplicates.",
     ]
 
 
@@ -554,16 +555,28 @@ def _design_summary(tables: Tables) -> list[str]:
     return [f"**{DESIGNS[tables.design][0]}** (versus the baseline): " + "; ".join(lines) + "."]
 
 
+def duplicates_line(duplicates: pd.DataFrame) -> str:
+    """What the command prints about the duplicates set aside (`Study.duplicates`): '' when none."""
+    if not len(duplicates):
+        return ""
+    ids = ", ".join(duplicates["run_id"][:10]) + (f" and {len(duplicates) - 10} more" if len(duplicates) > 10 else "")
+    return (
+        f"{len(duplicates)} duplicate run(s) set aside (the same configuration, seed and data as a newer finished "
+        f"run, which alone counts; duplicates.csv): {ids}"
+    )
+
+
 def _overview_blocks(study: Study, tables: Tables) -> list:
     """Title, provenance, the answer first, and the ablation table."""
     finished, factors, table = tables.finished, tables.factors, tables.ablation
     source = f"sweep `{study.parent_id}`" if study.parent_id else "all job runs"
+    duplicates = f", {len(study.duplicates)} duplicate run(s) set aside" if len(study.duplicates) else ""
     blocks = [
         ("h1", f"Ablation report: {study.experiment}"),
         (
             "meta",
             f"Experiment `{study.experiment}`, {source}: {len(finished)} finished runs in {len(table)} "
-            f"configurations, {len(tables.failed)} failed/killed run(s) excluded. Tracking URI "
+            f"configurations, {len(tables.failed)} failed/killed run(s) excluded{duplicates}. Tracking URI "
             f"`{redact(study.tracking_uri)}`; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         ),
         ("lead", _summary(tables) + _design_summary(tables)),
@@ -635,6 +648,37 @@ def _best_run_blocks(fetched: Fetched) -> list:
     return blocks
 
 
+def _duplicate_blocks(study: Study, tables: Tables) -> list:
+    """The finished runs set aside as duplicates of a newer one (`Study.duplicates`), when there are any."""
+    duplicates = study.duplicates
+    if not len(duplicates):
+        return []
+    kept = tables.finished.set_index("run_id")
+    keys = config_keys(kept, tables.factors)
+    shown = pd.DataFrame(
+        {
+            "run set aside": duplicates["run_id"],
+            "started": pd.to_datetime(duplicates["start_time"], unit="ms", utc=True).dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "configuration": [
+                label(keys[k], tables.factors) if k in keys.index else "—" for k in duplicates["kept_run_id"]
+            ],
+            "seed": [kept["seed"].get(k, "—") if "seed" in kept else "—" for k in duplicates["kept_run_id"]],
+            "kept instead": duplicates["kept_run_id"],
+        }
+    )
+    return [
+        ("h2", f"Duplicate runs set aside ({len(duplicates)})"),
+        (
+            "p",
+            "Finished runs with the same configuration hash (`ablation.config_hash`, the seed included) and data "
+            "digest (`ablation.data_digest`) as a newer finished run: two sweeps into one store at once, or a re-run "
+            "with `tracking.skip_finished=false`. Only the newest of each counts, so that no seed counts twice; "
+            "these are in no table (`duplicates.csv`).",
+        ),
+        ("table", shown),
+    ]
+
+
 def _training_blocks(tables: Tables) -> list:
     """Learning curves and stability, then the failed runs."""
     failed, factors = tables.failed, tables.factors
@@ -668,6 +712,7 @@ def report_blocks(study: Study, tables: Tables, fetched: Fetched) -> list:
         *_best_run_blocks(fetched),
         *_transfer_blocks(fetched.transfer, tables.finished, tables.factors),
         *_training_blocks(tables),
+        *_duplicate_blocks(study, tables),
         ("h2", "Data record"),
         *_data_record_blocks(fetched.record, fetched.top),
         ("h2", "Method"),

@@ -18,6 +18,11 @@ from ablation.config import register
 
 PROJECT = Path(__file__).resolve().parents[1]
 DATA_ROOT = PROJECT.parent / "shared" / "data" / "chest_xray"
+# What two computations of one trained model's output may differ by on one machine (a saved and a loaded copy, another
+# batch size, per-image against per-class calls): oneDNN picks its kernels, and so its summation order, by CPU and
+# shape. Measured: about 1e-7 on this Intel Xeon, 2e-5 relative between two such paths on an AMD EPYC. 1e-4 allows
+# five times the worst seen, while a wrong weight, input or preprocessing step moves these outputs by 1e-2 or more.
+ROUND_OFF = 1e-4
 os.environ.setdefault("ABLATION_ROOT", str(PROJECT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as `ablation.console` sets it
 # The suite runs Keras on TensorFlow in its own process and in the runs it starts (a KERAS_BACKEND=jax in the

@@ -21,7 +21,7 @@ import mlflow
 import pytest
 from conftest import DATA_ROOT, PROJECT
 
-from ablation.contract import JOB, PID, ROLE, SWEEP
+from ablation.contract import JOB, PID, ROLE, SWEEP, SWEEP_DIR
 
 # The tiny preset (conf/experiment/tiny.yaml): 32 px, 32 images a class, 2 epochs, batch 16, quiet Keras.
 TINY = ["experiment=tiny"]
@@ -209,6 +209,16 @@ def job_runs(db: Path) -> list[dict]:
     return [dict(zip(("run_id", "status", "pid", "epochs", "losses"), row, strict=True)) for row in rows]
 
 
+def sweep_folder(parent, runs: Path) -> Path:
+    """The sweep folder a parent run's tag names: relative to the project, or, outside it (the tests' `runs`), by its
+    last name under `runs` (`ablation.tracking.portable`)."""
+    tag = parent.data.tags[SWEEP_DIR]
+    if not tag.startswith(".../"):
+        return PROJECT / tag
+    [found] = [path for path in Path(runs).rglob(tag.removeprefix(".../")) if (path / "jobs.jsonl").exists()]
+    return found
+
+
 def runs_by_role(uri: str, experiment: str) -> tuple[mlflow.MlflowClient, list, list]:
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -241,10 +251,13 @@ def assert_mlflow_model(client: mlflow.MlflowClient, run_id: str) -> None:
 # ---------------------------------------------------------------- an MLflow server, a PostgreSQL server
 
 
-def mlflow_server(request, tmp_path: Path, backend: str, env: dict | None = None) -> tuple[str, subprocess.Popen]:
-    """scripts/mlflow_server.sh on a free loopback port, up and answering; its URL and process."""
-    port = free_port()
-    log = tmp_path / "mlflow-server.log"
+def mlflow_server(
+    request, tmp_path: Path, backend: str, env: dict | None = None, port: int | None = None
+) -> tuple[str, subprocess.Popen]:
+    """scripts/mlflow_server.sh on `port` (a free loopback port by default), up and answering; its URL and process.
+    Its artifacts are under `tmp_path`, so a server started again there on the same port serves the same store."""
+    port = port or free_port()
+    log = tmp_path / f"mlflow-server-{time.monotonic_ns()}.log"
     server_env = {"MLFLOW_BIN": str(Path(sys.executable).with_name("mlflow")), "MLFLOW_WORKERS": "1", **(env or {})}
     proc = spawn(request, ["bash", str(SCRIPT), backend, str(tmp_path / "artifacts"), str(port)], log, server_env)
     url = f"http://127.0.0.1:{port}"

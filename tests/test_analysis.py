@@ -311,3 +311,47 @@ def test_the_report_never_shows_the_tracking_uris_password(study, tmp_path):
         text = (out / name).read_text()
         assert "http://alice:***@mlflow.example:5000?token=***" in text
         assert "s3-cr" not in text and "et!" not in text and "t0-k!" not in text
+
+
+def test_a_store_mlflow_cannot_read_is_named_in_one_line(store, tmp_path, capsys):
+    """A real store from another MLflow version passes the file checks (`ablation.store`); MLflow refuses it."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "newer.db"
+    shutil.copy(store["uri"].removeprefix("sqlite:///"), db)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    assert main(["report", "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read the MLflow store sqlite:///{db}" in err, err
+    assert "database schema (found version ffffffffffff" in err and not (tmp_path / "out").exists()
+
+
+def test_only_finished_runs_with_both_identity_tags_are_duplicates():
+    from analysis.runs import set_aside_duplicates
+
+    def run(run_id, status, start, config="h", data="d"):
+        return {
+            "run_id": run_id,
+            "status": status,
+            "start_time": start,
+            "end_time": start + 5,
+            "config_hash": config,
+            "data_digest": data,
+        }
+
+    runs = pd.DataFrame(
+        [
+            run("old", "FINISHED", 1),
+            run("newest", "FINISHED", 3),
+            run("middle", "FINISHED", 2),
+            run("failed", "FAILED", 4),  # never a duplicate, never kept in a finished one's place
+            run("other-data", "FINISHED", 0, data="e"),
+            run("untagged-1", "FINISHED", 0, config="", data=""),  # logged before the tags: never merged
+            run("untagged-2", "FINISHED", 1, config="", data=""),
+        ]
+    )
+    kept, aside = set_aside_duplicates(runs)
+    assert sorted(kept["run_id"]) == ["failed", "newest", "other-data", "untagged-1", "untagged-2"]
+    assert sorted(aside["run_id"]) == ["middle", "old"] and set(aside["kept_run_id"]) == {"newest"}

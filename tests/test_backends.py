@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, compose_config
+from conftest import DATA_ROOT, PROJECT, compose_config
 from omegaconf import OmegaConf
 from processes import ablation, run_command
 
@@ -92,7 +92,7 @@ def test_a_model_trained_under_jax_gives_its_logged_probabilities_under_tensorfl
     logged = pd.read_csv(client.download_artifacts(run_id, "test_predictions.csv", str(tmp_path)))[:16]
     model_file = client.download_artifacts(run_id, "model/data/model.keras", str(tmp_path))
     network = network_of(keras.models.load_model(model_file, safe_mode=True, compile=False))
-    images = np.stack([decode_image(f, 32) for f in logged.file])[..., None].astype(np.float32)
+    images = np.stack([decode_image(DATA_ROOT / f, 32) for f in logged.file])[..., None].astype(np.float32)
     logits = keras.ops.convert_to_numpy(network(images, training=False)).ravel()
     np.testing.assert_allclose(logits, _logit(logged.probability.to_numpy()), atol=1e-4)
 
@@ -118,7 +118,7 @@ def test_a_model_trained_under_tensorflow_and_the_augmentation_give_the_same_res
     run_id = runs[0].info.run_id
     model_file = client.download_artifacts(run_id, "model/data/model.keras", str(tmp_path))
     logged = pd.read_csv(client.download_artifacts(run_id, "test_predictions.csv", str(tmp_path)))[:8]
-    images = np.stack([decode_image(f, 32) for f in logged.file])[..., None].astype(np.float32)
+    images = np.stack([decode_image(DATA_ROOT / f, 32) for f in logged.file])[..., None].astype(np.float32)
     parameters = _fixed_parameters(len(images))
     settings = OmegaConf.to_container(compose_config("augmentation=none").augmentation)  # every key of the schema
     settings |= {"flip": True, "rotation_deg": 15, "shift": 0.1, "zoom": 0.15, "aspect": 0.3}

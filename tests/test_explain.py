@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import DATA_ROOT, backbone
+from conftest import DATA_ROOT, ROUND_OFF, backbone
 from PIL import Image
 
 from ablation.data import decode_image
@@ -66,7 +66,7 @@ def test_gradcam_is_an_input_dependent_gradient_map(name, xrays):
     # Per-image targets in one call are the per-class calls, image by image.
     mixed = gradcam(model, images, target=np.arange(len(images)) % 2)
     expected = np.where((np.arange(len(images)) % 2 == 1)[:, None, None], toward_pneumonia, toward_normal)
-    np.testing.assert_allclose(mixed, expected, atol=1e-5)
+    np.testing.assert_allclose(mixed, expected, atol=ROUND_OFF)
 
 
 @pytest.mark.parametrize("crop", [[], [0.125, 0.25, 0.0625, 0.0625]])

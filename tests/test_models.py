@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import backbone
+from conftest import ROUND_OFF, backbone
 from keras import layers
 
 from ablation.data import load_data
@@ -179,7 +179,7 @@ def test_saved_model_loads_safely_and_predicts_the_same(name, batch, tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
     np.testing.assert_allclose(
-        loaded.predict(images[:8], verbose=0), model.predict(images[:8], verbose=0), rtol=1e-5, atol=1e-5
+        loaded.predict(images[:8], verbose=0), model.predict(images[:8], verbose=0), rtol=ROUND_OFF, atol=ROUND_OFF
     )
 
 
@@ -201,7 +201,9 @@ def test_test_time_stretches_average_the_logits_of_the_stretched_images_and_save
     path = tmp_path / "tta.keras"
     with_probability(tta).save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(network_of(loaded).predict(images[:8], verbose=0), got[:8], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        network_of(loaded).predict(images[:8], verbose=0), got[:8], rtol=ROUND_OFF, atol=ROUND_OFF
+    )
     assert bare_network(loaded).get_layer("features") is not None  # Grad-CAM finds the network inside
     with pytest.raises(ValueError, match="at least two width factors"):
         with_tta(model, [1.1])
@@ -235,11 +237,11 @@ def test_the_lung_crop_feeds_the_network_the_cut_image_and_saves_safely(batch, t
     plain = build_model("resnet18", (40, 56, 1), dropout=0.0, batchnorm=True)
     plain.set_weights(cropping.get_weights())
     expected = plain.predict(images[:, 8:-16, 4:-4], verbose=0)
-    np.testing.assert_allclose(cropping.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cropping.predict(images, verbose=0), expected, rtol=ROUND_OFF, atol=ROUND_OFF)
 
     path = tmp_path / "cropped.keras"
     with_probability(cropping).save(path)
     loaded = network_of(keras.models.load_model(path, safe_mode=True))
-    np.testing.assert_allclose(loaded.predict(images[:8], verbose=0), expected[:8], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loaded.predict(images[:8], verbose=0), expected[:8], rtol=ROUND_OFF, atol=ROUND_OFF)
     with pytest.raises(ValueError, match=r"image_size=48 is not allowed: .* \(it leaves 24 px\)"):
         build_model("resnet50", (48, 48, 1), dropout=0.0, batchnorm=True, crop=[0.25, 0.25, 0, 0])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -26,6 +25,7 @@ from tests.processes import (
     run,
     runs_by_role,
     spawn,
+    sweep_folder,
     wait_for,
 )
 from tests.test_faults import hydra_job
@@ -76,7 +76,7 @@ def test_a_packed_sweep_leaves_a_complete_run_per_seed_that_the_report_reads_as_
         (e, s) for e in ("1", "2") for s in "0123"
     )
     assert len({r.data.tags["ablation.config_hash"] for r in children}) == 8  # the seed is part of a configuration
-    sweep_dir = Path(parent.data.tags["ablation.sweep_dir"])
+    sweep_dir = sweep_folder(parent, runs)
     design = json.loads((sweep_dir / "design.json").read_text())
     assert [sorted({j["job"] for j in cell["jobs"]}) for cell in design["cells"]] == [[0], [1]]
     assert all(j["status"] == "FINISHED" and j["run_id"] for cell in design["cells"] for j in cell["jobs"])
@@ -146,5 +146,5 @@ def test_ctrl_c_during_a_pack_ends_every_unfinished_seed_killed_and_leaves_no_wo
     reasons = sorted(r.data.tags["error"] for r in children)
     assert reasons.count("interrupted (Ctrl-C)") == 2, reasons  # the two that were training
     assert reasons.count("interrupted (Ctrl-C, before this seed ended)") == 2, reasons  # the two waiting
-    lines = [json.loads(line) for line in (Path(parent.data.tags["ablation.sweep_dir"]) / "jobs.jsonl").open()]
+    lines = [json.loads(line) for line in (sweep_folder(parent, runs) / "jobs.jsonl").open()]
     assert sorted(line["seed"] for line in lines if line["status"] == "KILLED") == [0, 1, 2, 3], output[-3000:]

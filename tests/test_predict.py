@@ -135,7 +135,9 @@ def test_folder_of_original_xrays_with_a_corrupt_file(trained, val_folder, tmp_p
 
     rows = _read_csv(out)
     assert len(rows) == 16
-    assert {row["file"] for row in rows} == {str(p) for p in val_folder.images}
+    # Named relative to the folder given, not by the user's absolute home layout (issue 33).
+    assert {row["file"] for row in rows} == {p.relative_to(val_folder.root).as_posix() for p in val_folder.images}
+    assert f"named relative to {val_folder.root};" in done.stderr
     for row in rows:
         p = float(row["probability"])
         assert 0 <= p <= 1
@@ -174,7 +176,8 @@ def test_preprocessing_follows_the_logged_config_and_best_run_is_selected(
     logged = pd.read_csv(
         mlflow.MlflowClient(trained.uri).download_artifacts(trained.run_id, "test_predictions.csv", str(tmp_path))
     )
-    originals = [Path(f) for f in logged.file.iloc[[0, 1, -2, -1]]]  # two NORMAL, two PNEUMONIA
+    names = list(logged.file.iloc[[0, 1, -2, -1]])  # two NORMAL, two PNEUMONIA
+    originals = [DATA_ROOT / name for name in names]  # logged under data.root (an absolute path stays as it is)
     files = [val_folder.images[1], val_folder.images[8], *originals]  # 1024x768 RGB, 517x389 PNG, 224 px JPEGs
     out = tmp_path / "best.csv"
 
@@ -188,8 +191,9 @@ def test_preprocessing_follows_the_logged_config_and_best_run_is_selected(
     assert inputs.shape == (len(files), 32, 32, 1) and inputs.dtype == np.float32
     np.testing.assert_array_equal(inputs[..., 0], np.stack([decode_image(f, 32) for f in files]))
     rows = _read_csv(out)
-    assert [row["file"] for row in rows] == list(map(str, files))
-    expected = logged.set_index("file").probability.loc[list(map(str, originals))].to_numpy()
+    shared = Path(os.path.commonpath([f.parent for f in files]))  # the folder the arguments share
+    assert [row["file"] for row in rows] == [f.relative_to(shared).as_posix() for f in files]
+    expected = logged.set_index("file").probability.loc[names].to_numpy()
     np.testing.assert_allclose([float(r["probability"]) for r in rows[2:]], expected, atol=1e-5)
 
 
@@ -247,6 +251,79 @@ def test_find_images_searches_folders_recursively_in_any_case(tmp_path):
     assert problems == {str(tmp_path / "gone"): "no such file or folder"}
     (tmp_path / "empty").mkdir()
     assert "no .jpeg/.jpg/.png files" in predict.find_images([tmp_path / "empty"])[1][str(tmp_path / "empty")]
+
+
+def _unfollowable_links(folder: Path, outside: Path) -> dict[str, str]:
+    """A dangling link, two links that lead to each other and one to itself, all named like X-rays; each with
+    the reason predict must give."""
+    (folder / "gone.jpeg").symlink_to(outside / "deleted.jpeg")
+    (folder / "loop-a.jpeg").symlink_to(folder / "loop-b.jpeg")
+    (folder / "loop-b.jpeg").symlink_to(folder / "loop-a.jpeg")
+    (folder / "self.png").symlink_to("self.png")
+    loop = "a link that cannot be followed: the links loop back on themselves"
+    gone = f"a link that cannot be followed: its target {outside / 'deleted.jpeg'} does not exist"
+    return {
+        str(folder / "gone.jpeg"): gone,
+        str(folder / "loop-a.jpeg"): loop,
+        str(folder / "loop-b.jpeg"): loop,
+        str(folder / "self.png"): loop,
+    }
+
+
+def test_find_images_names_the_links_it_cannot_follow(tmp_path):
+    folder = tmp_path / "xrays"
+    [good] = copy_images(DATA_ROOT / "test" / "NORMAL", folder, 1)
+    broken = _unfollowable_links(folder, tmp_path)
+    (tmp_path / "arg.jpeg").symlink_to(tmp_path / "missing.jpeg")  # a dangling link given as an argument
+    found, problems = predict.find_images([folder, tmp_path / "arg.jpeg"])
+    assert found == [(good, Path(good.name))]
+    missing = f"a link that cannot be followed: its target {tmp_path / 'missing.jpeg'} does not exist"
+    assert problems == {**broken, str(tmp_path / "arg.jpeg"): missing}
+
+
+def test_csv_names_are_relative_to_the_folder_the_arguments_share(tmp_path, monkeypatch):
+    ward, clinic = tmp_path / "xrays" / "ward", tmp_path / "xrays" / "clinic"
+    (ward / "NORMAL").mkdir(parents=True)
+    clinic.mkdir()
+    for image in (ward / "NORMAL" / "a.jpeg", clinic / "b.png"):
+        image.write_bytes(b"")
+    assert predict.common_folder([ward]) == ward  # one folder: names inside it
+    assert predict.common_folder([clinic / "b.png"]) == clinic  # one file: its name
+    base = predict.common_folder([ward, clinic / "b.png", tmp_path / "gone"])  # several: the folder they share
+    assert base == tmp_path / "xrays"
+    assert predict.csv_name(ward / "NORMAL" / "a.jpeg", base) == "ward/NORMAL/a.jpeg"
+    monkeypatch.chdir(ward)
+    assert predict.common_folder(["NORMAL"]) == ward / "NORMAL"  # relative arguments, from where they were given
+    assert predict.csv_name(Path("NORMAL/a.jpeg"), ward / "NORMAL") == "a.jpeg"
+
+
+@pytest.mark.slow  # the module's run is trained through the CLI
+def test_a_tiny_image_and_unfollowable_links_are_named_and_rows_hold_no_absolute_folder(trained, tmp_path):
+    """Issue 33: a 1 x 1 image, a dangling link and looping links are each named on stderr with the reason, the
+    X-rays are predicted, and the CSV names them relative to the folder the arguments share."""
+    xrays = tmp_path / "home" / "someone" / "xrays"
+    ward = xrays / "ward"
+    normal = copy_images(DATA_ROOT / "test" / "NORMAL", ward / "NORMAL", 1)
+    pneumonia = copy_images(DATA_ROOT / "test" / "PNEUMONIA", ward / "PNEUMONIA", 1)
+    [clinic] = copy_images(DATA_ROOT / "test" / "NORMAL", xrays / "clinic", 1)
+    Image.new("L", (1, 1), 200).save(ward / "tiny.png")
+    broken = _unfollowable_links(ward, tmp_path)
+    out = tmp_path / "p.csv"
+    args = ["--run-id", trained.run_id, "--tracking-uri", trained.uri, "--out", str(out), str(ward), str(clinic)]
+    done = _predict_cli(*args, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]  # some failed; the CSV holds the others
+
+    files = [row["file"] for row in _read_csv(out)]
+    assert files == [f"ward/{p.relative_to(ward).as_posix()}" for p in normal + pneumonia] + [f"clinic/{clinic.name}"]
+    assert not any(name.startswith("/") or "someone" in name for name in files)
+    assert f"predicted 3 image(s) into {out}, named relative to {xrays}; 5 failed" in done.stderr
+    failed = {line for line in done.stderr.splitlines() if line.startswith("failed: ")}
+    expected = {f"failed: {path}: {why}" for path, why in broken.items()}
+    expected.add(
+        f"failed: {ward / 'tiny.png'}: ValueError: 1 x 1 pixels, a side under the minimum of 32 px "
+        "(ablation.data.MIN_SIDE): too small to be a chest X-ray"
+    )
+    assert failed == expected, done.stderr[-3000:]
 
 
 def test_stretch_width_widens_and_narrows_about_the_centre():

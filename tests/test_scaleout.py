@@ -30,6 +30,7 @@ from processes import (
     run,
     runs_by_role,
     spawn,
+    sweep_folder,
     wait_for,
 )
 
@@ -66,7 +67,7 @@ def test_ray_launcher_runs_each_job_as_a_ray_task_in_its_own_process(request, tm
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0]
     assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
-    sweep_dir = Path(parent.data.tags["ablation.sweep_dir"])
+    sweep_dir = sweep_folder(parent, runs)
     driver = json.loads((sweep_dir / "sweep_driver.json").read_text())["ablation.pid"]
     assert parent.data.tags["ablation.pid"] == driver  # the launcher's pid, not a worker's
     assert sorted(r.data.params["dropout"] for r in children) == ["0.0", "0.5"]
@@ -167,6 +168,7 @@ def test_sweep_against_a_postgres_backed_server_reads_back_and_hides_passwords(r
         env={"MLFLOW_TRACKING_URI": user_url},
     )
     assert status == 0, output[-5000:]
+    assert "s3cret-pw" not in output  # MLflow's "View run at http://alice:...@" line is held back
     assert not (tmp_path / "runs" / "mlflow.db").exists()  # everything went to the server
 
     client, parents, children = runs_by_role(url, experiment)

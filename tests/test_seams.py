@@ -1,5 +1,6 @@
 """The seams between the project's packages, read from the source: no import loops, analysis imports only the
-contract and the metric definitions from training, training never imports the analysis or the plugin, the plugin
+contract, the metric definitions and the store's plumbing from training (`scripts/imports.py`), training never imports
+the analysis or the plugin, the plugin
 starts light, and each shared name has one home."""
 
 from __future__ import annotations
