@@ -148,38 +148,40 @@ def _check_contents(path: Path, shown: str) -> None:
         )
 
 
-def _check_writable_folder(folder: Path, uri: str, store: Path | None = None) -> None:
-    """The folder (or, missing, the nearest folder above it, where it would be created) takes a new file: tried for
-    real, as permissions say nothing to root and nothing of a read-only mount."""
+def _write_refused(folder: Path) -> tuple[Path, OSError | None]:
+    """The folder (or, missing, the nearest folder above it, where it would be created), and why it takes no new file
+    (None: it does). Tried for real, as permissions say nothing to root and nothing of a read-only mount."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".ablation-write-probe-"):
+            return existing, None
+    except OSError as error:
+        return existing, error
+
+
+def _check_writable_folder(folder: Path, uri: str, store: Path | None = None) -> None:
+    """The store's folder takes a new file (`_write_refused`)."""
+    existing, refused = _write_refused(folder)
     what = f"its MLflow store {store}" if store else "its MLflow store"
     if not existing.is_dir():
         raise StoreError(f"cannot create {folder}: {existing} is a file, not a folder (tracking URI {redact(uri)})")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".ablation-write-probe-"):
-            pass
-    except OSError as error:
+    if refused is not None:
         raise StoreError(
-            f"{existing} is read-only ({error.strerror}): training writes {what} there; make it writable, or point "
+            f"{existing} is read-only ({refused.strerror}): training writes {what} there; make it writable, or point "
             "paths.runs (or tracking.uri) at a folder that is"
-        ) from None
+        )
 
 
 def check_runs_folder(folder: Path) -> None:
     """`paths.runs`, where a job writes its outputs, journal and locks (whatever the store), takes a new file."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".ablation-write-probe-"):
-            pass
-    except OSError as error:
+    existing, refused = _write_refused(folder)
+    if refused is not None:
         raise StoreError(
-            f"paths.runs={folder}: {existing} cannot be written ({error.strerror}); every run writes its outputs "
+            f"paths.runs={folder}: {existing} cannot be written ({refused.strerror}); every run writes its outputs "
             "there: make it writable, or point paths.runs at a folder that is"
-        ) from None
+        )
 
 
 # ---------------------------------------------------------------- a tracking server
