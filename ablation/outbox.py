@@ -73,7 +73,7 @@ class Outbox:
         self._sent = 0
         self._since: float | None = None  # when the store first refused the record now at the head
         self._why: str | None = None
-        self._wake, self._lock = threading.Event(), threading.Lock()
+        self._wake = threading.Event()
         self._deadline: float | None = None  # set by close: the thread gives up then
         self._owner = FileLock(_lock_file(self.path))  # held while this job may still add records (`replay`)
         self._owner.acquire()
@@ -97,8 +97,7 @@ class Outbox:
 
     def _add(self, record: dict) -> None:
         self._journal(record)
-        with self._lock:
-            self._records.append(record)
+        self._records.append(record)
         self._wake.set()
 
     def _journal(self, record: dict) -> None:
@@ -203,9 +202,7 @@ def _remove(path: Path) -> None:
 def ended_unsent(runs_dir: str | Path, run_id: str) -> bool:
     """Whether run `run_id`'s job ended it, but the store has not taken that ending yet (it waits in the journal)."""
     path = journal_dir(runs_dir) / f"{run_id}.jsonl"
-    with contextlib.suppress(OSError):
-        return any("end" in json.loads(line) for line in path.read_text().splitlines()[1:] if line.strip())
-    return False
+    return path.exists() and any("end" in record for record in _read(path)[1:])
 
 
 def replay(client, uri: str, runs_dir: str | Path) -> list[str]:
@@ -215,7 +212,7 @@ def replay(client, uri: str, runs_dir: str | Path) -> list[str]:
     the rest for the next command."""
     folder, store, done = journal_dir(runs_dir), redact(uri), []
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        header = json.loads(path.read_text().partition("\n")[0] or "{}")
+        header = next(iter(_read(path)), {})
         if header.get("store") != store:
             continue
         try:
@@ -228,15 +225,27 @@ def replay(client, uri: str, runs_dir: str | Path) -> list[str]:
     return done
 
 
+def _read(path: Path) -> list[dict]:
+    """A journal's records, header first; a line cut short (its job killed while writing it) is left out."""
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return records
+
+
 def _replay_one(client, run_id: str, path: Path) -> bool:
     """Send journal `path`'s unsent records: whether all went (a record the store will never take is said and passed
     over), and the run then carries `LATE`: the outage its job saw, and when the records were sent."""
-    records = [json.loads(line) for line in path.read_text().splitlines()[1:] if line.strip()]
+    records = _read(path)[1:]
     sent = int(_sent_file(path).read_text()) if _sent_file(path).exists() else 0
-    late = next((record["late"] for record in records if "late" in record), "store unavailable")
+    late = next((f"{record['late']} when its job ended" for record in records if "late" in record), None)
+    late = late or (
+        "the store unavailable when its job ended" if records and "end" in records[-1] else "its job died first"
+    )
     unsent = [record for record in records[sent:] if "late" not in record]
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    for record in [*unsent, *([{"late": f"{late} when its job ended; sent at {when}"}] if unsent else [])]:
+    for record in [*unsent, *([{"late": f"{late}; sent at {when}"}] if unsent else [])]:
         try:
             send(client, run_id, record)
         except Exception as error:

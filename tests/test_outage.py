@@ -4,7 +4,9 @@ RUNNING (`ablation.outbox`, the claim in `ablation.job`). Real processes, a real
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from processes import (
     ablation,
     assert_complete,
     finish,
+    free_port,
     job_runs,
     kill_group,
     listening_hosts,
@@ -26,6 +29,7 @@ from processes import (
 )
 
 from ablation.contract import CONFIG_HASH, ERROR, LATE
+from ablation.outbox import replay
 
 EPOCHS = 4
 
@@ -168,3 +172,38 @@ def test_two_identical_sweeps_at_once_train_each_configuration_once(request, tmp
         recorded = json.dumps([run.data.params, run.data.tags, run.info.run_name])
         assert str(tmp_path) not in recorded and str(DATA_ROOT.parent) not in recorded, run.data.params
         assert run.data.params["data.root"] == ".../chest_xray" and run.data.params["paths.runs"] == ".../runs"
+
+
+def test_a_journal_whose_job_died_is_sent_by_the_next_command_torn_last_line_and_all(tmp_path):
+    """A job killed while its store was away leaves a journal without its end, its last line cut short. The next
+    command sends what it holds (not a record twice, nothing of the torn line), says why it was late, and leaves the
+    run to the reaper; a journal whose job is alive is left alone."""
+    away = f"http://127.0.0.1:{free_port()}"  # the store the job saw: nothing answers there
+    runs = tmp_path / "runs"
+    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the store, back (here: another client of it)
+    run_id = store.create_run(store.create_experiment("late")).info.run_id
+    job = f"""
+import os, time
+from ablation.outbox import Outbox
+from ablation.tracking import client
+box = Outbox(client({away!r}), {away!r}, {run_id!r}, {str(runs)!r})
+box.metrics({{"loss": 0.5}}, step=1)
+box.metrics({{"loss": 0.25}}, step=2)
+open(box.path, "a").write('{{"metrics": [["loss", 0.1')  # killed while writing a line
+print("ready", flush=True)
+time.sleep(30)
+os._exit(9)
+"""
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    alive = subprocess.Popen([sys.executable, "-c", job], env=env, stdout=subprocess.PIPE)
+    try:
+        assert alive.stdout.readline().strip() == b"ready"
+        assert replay(store, away, runs) == []  # its job still holds it
+    finally:
+        alive.kill()
+        alive.wait()
+    assert replay(store, away, runs) == [run_id]
+    assert [(m.step, m.value) for m in store.get_metric_history(run_id, "loss")] == [(1, 0.5), (2, 0.25)]
+    run = store.get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags[LATE].startswith("its job died first; sent at ")
+    assert not list((runs / "journal").iterdir())
