@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 
 from ablation.metrics import METRICS
@@ -139,6 +140,11 @@ def image_key(file: str) -> str:
     return "/".join(path.parts[-IMAGE_KEY_PARTS:]) if path.is_absolute() else path.as_posix()
 
 
+def sqlite_path(uri: str) -> Path:
+    """The file of a `sqlite:///` URI (four slashes: an absolute path, as in SQLAlchemy), %-escapes decoded."""
+    return Path(urllib.parse.unquote(uri.removeprefix(SQLITE).split("?")[0]))
+
+
 def missing_sqlite_store(uri: str) -> Path | None:
     """The SQLite file `uri` names when that file does not exist, else None (other URIs: None).
 
@@ -147,7 +153,7 @@ def missing_sqlite_store(uri: str) -> Path | None:
     """
     if not uri.startswith(SQLITE):
         return None
-    path = Path(uri.removeprefix(SQLITE).split("?")[0])  # four slashes = absolute, as in SQLAlchemy
+    path = sqlite_path(uri)
     return None if path.is_file() else path
 
 
@@ -164,6 +170,11 @@ def _userinfo(match: re.Match) -> str:
         return match.group(0)
     user = info.split(":", 1)[0]
     return f"{scheme}{user}:***@" if ":" in info else f"{scheme}***@"  # `https://TOKEN@host`: all of it
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message` (SQLAlchemy and requests append statements and retries), secrets masked."""
+    return redact(f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:limit]}")
 
 
 def redact(text: str) -> str:

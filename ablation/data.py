@@ -37,8 +37,10 @@ FORMATS = ("JPEG", "PNG")  # what chest X-rays come as (Pillow's JPEG opener als
 MAX_PIXELS = 50_000_000  # larger files are skipped with a warning: ~5x the largest Kaggle X-ray
 MIN_SIDE = 32  # px: a smaller side is skipped with a warning; 32 px is the smallest input every network takes
 # Memory one decode may hold at its peak (`decode_cost`); a file that would need more is skipped with a warning.
-# Every image MAX_PIXELS allows fits: 5 bytes a pixel at worst (Pillow holds an RGB(A) PNG in 4, plus the 8-bit
-# gray copy), 250 MB at 50 megapixels, plus a strip and the resized image: 255 MiB at image sizes up to 1024 px.
+# A PNG or a baseline JPEG of usual proportions that MAX_PIXELS allows fits: 5 bytes a pixel at worst (Pillow holds
+# an RGB(A) PNG in 4, plus the 8-bit gray copy), 250 MB at 50 megapixels, plus a strip and the resized image: 255 MiB
+# at image sizes up to 1024 px. Not all do: a progressive JPEG with full-resolution colour near 50 megapixels (its
+# coefficients: 302 MiB), a PNG thousands of times longer than wide (its row pointers).
 DECODE_BUDGET_BYTES = 256 * 2**20
 DECODE_THREADS = 8  # at most this many decodes at a time (fewer on fewer cores): at most 2 GiB of decoding in all
 STRIP_PIXELS = 2**19  # a 16-bit image is scaled to 8 bits this many pixels at a time (4 MiB of float64)
@@ -220,7 +222,7 @@ def _progressive_coefficients(image: Image.Image) -> int:
     """Bytes a progressive JPEG's decoder buffers whatever the draft: every DCT coefficient of the full-size image,
     an 8 x 8 block of 2-byte coefficients per block of each component at its sampling (as libjpeg sizes them: a
     4:2:0 colour JPEG holds about 3 bytes a pixel); 0 for anything else."""
-    if image.format != "JPEG" or not image.info.get("progressive"):
+    if image.format not in ("JPEG", "MPO") or not image.info.get("progressive"):
         return 0
     layers = getattr(image, "layer", None) or [(0, 1, 1, 0)] * len(image.getbands())  # (id, h, v, table)
     h_max, v_max = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+EXIT_STATUS = 130  # 128 + SIGINT: how a shell reports a command that Ctrl-C stopped
+
 _held = 0  # depth of held calls in the main thread (signal handlers run only there)
 _pending: KeyboardInterrupt | None = None  # asked for by a signal, not yet taken by the run's end
 

@@ -176,7 +176,7 @@ def open_store(cfg: DictConfig):
     The lock serialises the first touch of a fresh store (schema migration) across parallel jobs:
     MlflowClient opens its store, and so migrates a fresh SQLite file, as it is built.
     """
-    store.check(cfg.tracking.uri, create=True)
+    store.check(cfg.tracking.uri, create=True, deep=False)  # the command's own check read every page
     Path(cfg.paths.runs).mkdir(parents=True, exist_ok=True)
     with FileLock(str(Path(cfg.paths.runs) / "mlflow-init.lock")):
         client = tracking.client(cfg.tracking.uri)
@@ -336,7 +336,7 @@ def run_job(cfg: DictConfig) -> dict:
     def create(seed: int, identity: Identity) -> str:
         nonlocal parent
         if parent is None and job.in_sweep:
-            parent = sweep.parent_run(client, experiment_id, job.sweep_dir, cfg.tracking.uri)
+            parent = sweep.parent_run(client, experiment_id, job.sweep_dir, cfg.tracking.uri, cfg.paths.root)
             held.append(parent)
         tags = {
             contract.ROLE: contract.JOB,

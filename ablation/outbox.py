@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from mlflow.entities import Metric, RunTag
 
 from ablation import tracking
-from ablation.contract import ERROR, LATE, redact
+from ablation.contract import ERROR, LATE, first_line, redact
 
 log = logging.getLogger(__name__)
 
@@ -212,16 +212,18 @@ def replay(client, uri: str, runs_dir: str | Path) -> list[str]:
     the rest for the next command."""
     folder, store, done = journal_dir(runs_dir), redact(uri), []
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        header = next(iter(_read(path)), {})
-        if header.get("store") != store:
-            continue
         try:
+            header = next(iter(_read(path)), {})
+            if header.get("store") != store:
+                continue
             with FileLock(_lock_file(path), timeout=0):
                 if _replay_one(client, header["run_id"], path):
                     _remove(path)
                     done.append(header["run_id"])
         except Timeout:
-            continue
+            continue  # its job is still running
+        except OSError as error:  # a journal this user cannot read or remove: said, and left for its owner
+            log.warning("journal %s not sent: %s", path, first_line(error))
     return done
 
 

@@ -15,9 +15,9 @@ PATH's folder, or, for several PATHs, the deepest folder holding them all (`comm
 So `ablation-predict ~/xrays` writes `NORMAL/a.jpeg`, and `... ~/xrays/a.png` writes `a.png`: no one reading
 the CSV on a shared server sees the user's home layout, and two files never get the same name.
 
-An unreadable file is named on stderr with the reason and the others are still predicted; so are an
-image under 32 px a side (`ablation.data.MIN_SIDE`) and a `.jpeg`/`.jpg`/`.png` link that cannot be followed
-(its target missing, or a loop of links). The exit status is then 1. It is 2 when the run, its model or its
+An unreadable file is named on stderr with the reason and the others are still predicted; so is an image under
+32 px a side (`ablation.data.MIN_SIDE`), and a `.jpeg`/`.jpg`/`.png` link that cannot be followed (its target
+missing, or a loop of links). The exit status is then 1. It is 2 when the run, its model or its
 config cannot be found, 0 otherwise.
 """
 

@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from ablation.contract import SQLITE, hide_credentials, redact
+from ablation.contract import SQLITE, first_line, hide_credentials, redact, sqlite_path
 
 
 class StoreError(RuntimeError):
@@ -36,23 +36,19 @@ PROBE_TIMEOUT_S = 3.0  # to connect, and again to answer, per probe
 RETRY_EVERY_S = 1.0
 
 
-def check(uri: str, *, create: bool = False, wait_s: float | None = None) -> None:
+def check(uri: str, *, create: bool = False, wait_s: float | None = None, deep: bool = True) -> None:
     """Raise `StoreError` when the store at `uri` cannot be used. `create`: a missing SQLite file is fine (training
     creates it) but its folder must be writable; else (report, predict) a missing file is an error. An http(s)
     server is probed for `wait_s` seconds (default: `TRAINING_WAIT_S` with `create`, else `READING_WAIT_S`,
-    printing that it waits). Also keeps credentials in `uri` off stdout (`contract.hide_credentials`)."""
+    printing that it waits). `deep`: SQLite's check of every page too (a full read of the file; a job leaves it to its
+    command's check before start). Also keeps credentials in `uri` off stdout (`contract.hide_credentials`)."""
     hide_credentials(uri)
     if uri.startswith(("http://", "https://")):
         _check_server(uri, (TRAINING_WAIT_S if create else READING_WAIT_S) if wait_s is None else wait_s, not create)
     elif uri.startswith(SQLITE):
-        _check_sqlite(sqlite_path(uri), uri, create)
+        _check_sqlite(sqlite_path(uri), uri, create, deep)
     elif create and (folder := _file_store(uri)) is not None:
         _check_writable_folder(folder, uri)
-
-
-def sqlite_path(uri: str) -> Path:
-    """The file of a `sqlite:///` URI (four slashes: an absolute path, as in SQLAlchemy)."""
-    return Path(urllib.parse.unquote(uri.removeprefix(SQLITE).split("?")[0]))
 
 
 def _file_store(uri: str) -> Path | None:
@@ -64,7 +60,7 @@ def _file_store(uri: str) -> Path | None:
 # ---------------------------------------------------------------- SQLite
 
 
-def _check_sqlite(path: Path, uri: str, create: bool) -> None:
+def _check_sqlite(path: Path, uri: str, create: bool, deep: bool) -> None:
     shown = f"(tracking URI {redact(uri)})"
     if not path.exists():
         if not create:
@@ -90,12 +86,12 @@ def _check_sqlite(path: Path, uri: str, create: bool) -> None:
             f"{path} is not an MLflow store: it is not an SQLite database (no SQLite header) {shown}; point the "
             "tracking URI at the right file, or move this one aside to start a new store"
         )
-    if (expected := _size_in_header(header)) is not None and size < expected and not _has_wal(path):
-        raise StoreError(
-            f"the MLflow store {path} is truncated: {size} bytes of the {expected} its header gives {shown}; "
-            "restore it from a backup, or move it aside to start a new store"
-        )
-    _check_contents(path, shown)
+    # A transaction a killed writer left (its -journal or -wal): SQLite finishes or undoes it when next opened to
+    # write, so the file as it stands says nothing yet.
+    if not _pending_transaction(path):
+        expected = _size_in_header(header)
+        truncated = f"is truncated: {size} bytes of the {expected} its header gives" if size < (expected or 0) else ""
+        _check_contents(path, shown, deep, truncated)
     if create:
         _check_writable_folder(path.parent, uri, path)
         try:
@@ -117,17 +113,21 @@ def _size_in_header(header: bytes) -> int | None:
     return page_size * int.from_bytes(header[28:32], "big") or None
 
 
-def _has_wal(path: Path) -> bool:
-    wal = path.with_name(path.name + "-wal")
-    return wal.exists() and wal.stat().st_size > 0
+def _pending_transaction(path: Path) -> bool:
+    return any(
+        (side := path.with_name(path.name + suffix)).exists() and side.stat().st_size > 0
+        for suffix in ("-wal", "-journal")
+    )
 
 
-def _check_contents(path: Path, shown: str) -> None:
-    """SQLite's own quick check of the file, read-only, and MLflow's tables in it."""
+def _check_contents(path: Path, shown: str, deep: bool, truncated: str) -> None:
+    """MLflow's tables in the file, read-only, and with `deep` SQLite's own quick check of every page (a full read:
+    once per command, not once per job). `truncated`: what the file's size said, which counts only when the file
+    fails a check too (a writer that is extending the file makes the size lag its header for a moment)."""
     ro = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
     try:
         with contextlib.closing(sqlite3.connect(ro, uri=True, timeout=10)) as db:
-            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()]
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()] if deep else ["ok"]
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.OperationalError as error:
         if "locked" in str(error) or "busy" in str(error):
@@ -135,6 +135,11 @@ def _check_contents(path: Path, shown: str) -> None:
         problems, tables = [str(error)], set()
     except sqlite3.DatabaseError as error:  # "file is not a database", "database disk image is malformed"
         problems, tables = [str(error)], set()
+    if truncated and (problems != ["ok"] or not tables):
+        raise StoreError(
+            f"the MLflow store {path} {truncated} {shown}; restore it from a backup, or move it aside to start a "
+            "new store"
+        )
     if problems != ["ok"]:
         raise StoreError(
             f"the MLflow store {path} is corrupt (SQLite: {'; '.join(problems)[:200]}) {shown}: restore it from a "
@@ -188,10 +193,13 @@ def check_runs_folder(folder: Path) -> None:
 
 
 def server_url(uri: str) -> str:
-    """`uri` less its credentials and query: what a message may show."""
+    """`uri` less its credentials and query: what a message may show (an IPv6 host keeps its brackets)."""
     parts = urllib.parse.urlsplit(uri)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}"
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise StoreError(f"the tracking URI {redact(uri)} has no valid port: expected http(s)://HOST[:PORT]") from None
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path.rstrip('/')}"
 
 
 def _auth_header(uri: str) -> dict[str, str]:
@@ -224,7 +232,7 @@ def _probe(base: str, headers: dict[str, str]) -> str | None:
         response = requests.get(f"{base}/health", timeout=(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S), verify=_verify())
     except requests.exceptions.SSLError as error:
         raise StoreError(
-            f"the MLflow tracking server at {base} failed the TLS handshake ({_first_line(error)}): set "
+            f"the MLflow tracking server at {base} failed the TLS handshake ({first_line(error, 200)}): set "
             "MLFLOW_TRACKING_SERVER_CERT_PATH to its CA bundle, or check the URI's scheme (http or https)"
         ) from None
     except requests.exceptions.ConnectionError as error:
@@ -235,34 +243,31 @@ def _probe(base: str, headers: dict[str, str]) -> str | None:
             return "connection refused: nothing listens there"
         if isinstance(error, requests.exceptions.ConnectTimeout) or "timed out" in text:
             return f"no connection within {PROBE_TIMEOUT_S:g} s"
-        return _first_line(error)
+        return first_line(error, 200)
     except requests.exceptions.Timeout:
         return f"no answer within {PROBE_TIMEOUT_S:g} s"
     except requests.exceptions.RequestException as error:
-        return _first_line(error)
+        return first_line(error, 200)
     if response.status_code >= 500:
         return f"HTTP {response.status_code} on /health"  # a proxy in front of a server that is down
-    if headers:
-        try:
-            answer = requests.get(
-                f"{base}/api/2.0/mlflow/experiments/search",
-                params={"max_results": 1},
-                headers=headers,
-                timeout=(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S * 2),
-                verify=_verify(),
-            )
-        except requests.exceptions.RequestException:
-            return None  # it answered /health: MLflow's own calls and retries take it from here
-        if answer.status_code == 401:
-            raise StoreError(
-                f"the MLflow tracking server at {base} refused the credentials (HTTP 401): check the user and "
-                "password in the tracking URI, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-            )
+    # A server with users refuses a call without credentials, or with wrong ones, on its API, not on /health.
+    try:
+        answer = requests.get(
+            f"{base}/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1},
+            headers=headers,
+            timeout=(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S * 2),
+            verify=_verify(),
+        )
+    except requests.exceptions.RequestException:
+        return None  # it answered /health: MLflow's own calls and retries take it from here
+    if answer.status_code == 401:
+        what = "refused the credentials" if headers else "asks for a user and password"
+        raise StoreError(
+            f"the MLflow tracking server at {base} {what} (HTTP 401): give them in the tracking URI "
+            "(http://USER:PASSWORD@HOST:PORT) or in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
     return None
-
-
-def _first_line(error: BaseException) -> str:
-    return redact((str(error).strip().splitlines() or [type(error).__name__])[0])[:200]
 
 
 def _check_server(uri: str, wait_s: float, say_waiting: bool) -> None:

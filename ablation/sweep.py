@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from ablation.contract import DESIGN_ARTIFACT, DESIGN_FILE, DRIVER_FILE, JOBS_FI
 log = logging.getLogger(__name__)
 
 NOT_DONE = ("FAILED", "REFUSED", "KILLED")
-PROJECT = os.environ.get("ABLATION_ROOT") or os.getcwd()  # paths.root (`python -m ablation` sets ABLATION_ROOT)
 
 
 def driver_tags(sweep_dir: Path) -> dict[str, str]:
@@ -39,8 +37,9 @@ def driver_tags(sweep_dir: Path) -> dict[str, str]:
     return json.loads(record.read_text()) if record.exists() else tracking.process_tags()
 
 
-def parent_run(client, experiment_id: str, sweep_dir: Path, uri: str) -> str:
-    """The sweep's parent run id: created by the first job that trains, read by every other job."""
+def parent_run(client, experiment_id: str, sweep_dir: Path, uri: str, root: str) -> str:
+    """The sweep's parent run id: created by the first job that trains, read by every other job. Its tag names the
+    sweep folder relative to the project folder `root` (`tracking.portable`)."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     record = sweep_dir / PARENT_FILE
     with FileLock(str(record) + ".lock"):
@@ -52,7 +51,7 @@ def parent_run(client, experiment_id: str, sweep_dir: Path, uri: str) -> str:
             f"sweep {sweep_dir.parent.name} {sweep_dir.name}",
             {
                 contract.ROLE: contract.SWEEP,
-                contract.SWEEP_DIR: tracking.portable(str(sweep_dir), PROJECT),
+                contract.SWEEP_DIR: tracking.portable(str(sweep_dir), root),
                 **driver_tags(sweep_dir),
             },
         )
@@ -162,16 +161,14 @@ def ui_hint(parent: dict) -> str:
 def check_before_start(config: DictConfig) -> None:
     """`paths.runs` and the store checked once, before any job starts or Hydra writes its first folder
     (`ablation.store`): a store or a folder that cannot be used ends the command in one line, rather than each job in
-    turn with a traceback. The store is not checked when a sweep varies it."""
-    varied = [
-        o
-        for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []
-        if o.split("=", 1)[0].lstrip("+~") in ("tracking", "tracking.uri") and ("," in o or "(" in o)
-    ]
+    turn with a traceback. Nothing is checked when a sweep varies where they are (each job checks its own)."""
+    where = ("tracking", "tracking.uri", "paths", "paths.runs", "paths.root")
+    overrides = OmegaConf.select(config, "hydra.overrides.task", default=[]) or []
+    if any(o.split("=", 1)[0].lstrip("+~") in where and ("," in o or "(" in o) for o in overrides):
+        return
     try:
         store.check_runs_folder(Path(config.paths.runs))
-        if not varied:
-            store.check(str(config.tracking.uri), create=True)
+        store.check(str(config.tracking.uri), create=True)
     except store.StoreError as error:
         log.error("not started: %s", error)
         raise SystemExit(2) from None

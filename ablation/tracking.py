@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from ablation import interrupts
 from ablation.config import flatten, lower_is_better
-from ablation.contract import CONFIG_HASH, DATA_DIGEST, ERROR, HEARTBEAT, HOST, MODEL_ARTIFACT, PID, redact
+from ablation.contract import CONFIG_HASH, DATA_DIGEST, ERROR, HEARTBEAT, HOST, MODEL_ARTIFACT, PID, first_line, redact
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,5 @@ def end_run(mlflow_client: mlflow.MlflowClient, run_id: str, status: str, error:
     try:
         mlflow_client.set_terminated(run_id, status)
     except Exception as failure:
-        first = (str(failure).strip().splitlines() or [""])[0]  # SQLAlchemy appends the statement
-        return redact(f"{type(failure).__name__}: {first[:300]}")
+        return first_line(failure)
     return True

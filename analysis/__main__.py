@@ -14,9 +14,7 @@ from pathlib import Path
 
 from ablation import interrupts
 from ablation.contract import MARGINS, quiet_environment, redact
-from analysis.runs import AnalysisError, forget_interrupt, load_study, taking_interrupts, tracking_uri
-
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+from analysis.runs import AnalysisError, NotLogged, forget_interrupt, load_study, taking_interrupts, tracking_uri
 
 
 def margins(spec: str) -> dict[str, float]:
@@ -96,14 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         with taking_interrupts():  # Ctrl-C, SIGTERM, SIGHUP: after the store call they land in; one line, exit 130
             return _calibrate(args) if args.command == "calibrate" else _report(args)
     except AnalysisError as error:
-        print(f"analysis {args.command}: error: {redact(str(error))}", file=sys.stderr)
+        hint = "; pass --no-log to write it without logging it" if isinstance(error, NotLogged) else ""
+        print(f"analysis {args.command}: error: {redact(str(error))}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         interrupts.take()
         forget_interrupt()
         why = str(interrupt) or "Ctrl-C"  # SIGTERM and SIGHUP say their name
         print(f"analysis {args.command}: interrupted ({why}); {_left(interrupt)}", file=sys.stderr)
-        return INTERRUPTED
+        return interrupts.EXIT_STATUS
 
 
 def _left(interrupt: KeyboardInterrupt) -> str:
@@ -121,7 +120,8 @@ def _report(args) -> int:
     from analysis.report import build_report, default_out
     from analysis.sections import duplicates_line
 
-    study = load_study(tracking_uri(args.tracking_uri), args.experiment, args.sweep, args.all_runs)
+    uri = tracking_uri(args.tracking_uri)
+    study = load_study(uri, args.experiment, args.sweep, args.all_runs, send_journals=not args.no_log)
     out = args.out or default_out(study)
     what = f"sweep {study.parent_id}" if study.parent_id else f"all job runs of experiment {study.experiment!r}"
     print(f"building the report of {what} ({len(study.finished)} finished runs) in {out}", flush=True)

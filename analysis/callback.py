@@ -21,11 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablation import interrupts, tracking
 from ablation.contract import PARENT_FILE, redact
-from analysis.runs import forget_interrupt, taking_interrupts
+from analysis.runs import NotLogged, forget_interrupt, taking_interrupts
 
 log = logging.getLogger(__name__)
-
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 
 class SweepReport(Callback):
@@ -55,6 +53,9 @@ class SweepReport(Callback):
             written = build_report(study, out, margins=margins)
         except KeyboardInterrupt as interrupt:
             _interrupted(parent, interrupt, retry)
+        except NotLogged as error:  # a read-only store: the report is there, only not on the parent run
+            print(f"\nReport: {out / 'report.html'}; {redact(str(error))}. Log it with: {retry}")
+            return
         except Exception as error:
             log.exception("report not built")
             print(
@@ -80,4 +81,4 @@ def _interrupted(parent: dict, interrupt: KeyboardInterrupt, retry: str) -> None
     forget_interrupt()
     state = "ended KILLED" if ended is True else f"not ended ({ended})"
     print(f"\nSweep {why}; parent run {parent['run_id']} {state}. Report with: {retry}", flush=True)
-    raise SystemExit(INTERRUPTED)
+    raise SystemExit(interrupts.EXIT_STATUS)

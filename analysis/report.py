@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from ablation import interrupts
-from ablation.contract import DEFAULT_THRESHOLD, REPORT_ARTIFACT, redact
+from ablation.contract import DEFAULT_THRESHOLD, REPORT_ARTIFACT, first_line
 from analysis import comparisons, figures, render
 from analysis.bootstrap import REPLICATES, Bootstrap, align
 from analysis.compare import ALPHA
-from analysis.runs import AnalysisError, Study
+from analysis.runs import AnalysisError, NotLogged, Study
 from analysis.sections import BEST_ON, headline, report_blocks, top_index
 from analysis.stats import (
     ablation_table,
@@ -216,10 +216,6 @@ def write_documents(blocks: list, out: Path, title: str) -> list[Path]:
     return [out / "report.md", out / "report.html"]
 
 
-class NotLogged(AnalysisError):
-    """The report's files were written, but the store would not take them (a read-only store)."""
-
-
 def log_to_parent(study: Study, files: list[Path]) -> None:
     """Upload the report's files to the sweep parent run, under `report/`; nothing without a parent. A Ctrl-C (or
     SIGTERM) waits until every file is logged, so an interrupted report is logged whole or not at all; a second one
@@ -235,11 +231,8 @@ def log_to_parent(study: Study, files: list[Path]) -> None:
             interrupt.logged = (logged, len(files), study.parent_id)  # what it left (`python -m analysis` says)
             raise
         except Exception as error:
-            first = (str(error).strip().splitlines() or [""])[0][:300]
-            why = redact(f"{type(error).__name__}: {first}")
             raise NotLogged(
-                f"the report was written, but not logged to run {study.parent_id} ({why}); pass --no-log to write "
-                "it without logging it"
+                f"the report was written, but not logged to run {study.parent_id} ({first_line(error)})"
             ) from error
 
 

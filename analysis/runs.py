@@ -45,6 +45,7 @@ from ablation.contract import (
     TEST_METRICS,
     as_current,
     default_tracking_uri,
+    first_line,
     redact,
 )
 from ablation.outbox import replay
@@ -52,6 +53,10 @@ from ablation.outbox import replay
 
 class AnalysisError(RuntimeError):
     """The requested store, experiment or sweep cannot be analysed; the message says which and why."""
+
+
+class NotLogged(AnalysisError):
+    """The report's files were written, but the store would not take them (a read-only store)."""
 
 
 DUPLICATE_COLUMNS = ["run_id", "run_name", "start_time", "end_time", "config_hash", "data_digest", "kept_run_id"]
@@ -249,8 +254,7 @@ STORE_FAILURES = (MlflowException, SQLAlchemyError, OSError, RequestException)
 
 
 def _store_error(uri: str, error: Exception) -> AnalysisError:
-    first = (str(error).strip().splitlines() or [""])[0][:300]  # SQLAlchemy appends the statement
-    return AnalysisError(f"cannot read the MLflow store {redact(uri)}: {redact(f'{type(error).__name__}: {first}')}")
+    return AnalysisError(f"cannot read the MLflow store {redact(uri)}: {first_line(error)}")
 
 
 def load_study(
@@ -259,14 +263,17 @@ def load_study(
     sweep: str | None = None,
     all_runs: bool = False,
     runs_dir: Path | None = None,
+    send_journals: bool = True,
 ) -> Study:
     """The study the arguments name (see `_select`); a store that cannot be read raises `AnalysisError` naming it.
-    First, what jobs of this machine could not send to the store (their journals under `runs_dir`, default `runs/`
-    of the working directory: `ablation.outbox.replay`) is sent, so that their runs count with their true ending."""
+    First, with `send_journals`, what jobs of this machine could not send to the store (their journals under
+    `runs_dir`, default `runs/` of the working directory: `ablation.outbox.replay`) is sent, so that their runs count
+    with their true ending; without it (`--no-log`) nothing is written to the store."""
     _check_store(uri)
     try:
         client = tracking.client(uri)
-        replay(client, uri, runs_dir or Path.cwd() / RUNS_DIR)
+        if send_journals:
+            replay(client, uri, runs_dir or Path.cwd() / RUNS_DIR)
         return _load(client, uri, experiment, sweep, all_runs)
     except STORE_FAILURES as error:  # a broken store that `ablation.store.check` let through: named, no traceback
         raise _store_error(uri, error) from error

@@ -13,8 +13,8 @@
 #
 # --auth: MLflow's basic-auth app (--app-name basic-auth): every request needs a user and password. The admin
 # user is created on the first start with the password in MLFLOW_AUTH_ADMIN_PASSWORD (12 characters or more;
-# there is no default, and the script refuses to start without it; on later starts MLflow ignores it, as the
-# admin exists: change it with MLflow's update-password API). Set it without leaving it in the shell's history:
+# there is no default, and the script refuses a first start without it; on later starts MLflow ignores it, as
+# the admin exists, and it may be left out: change it with MLflow's update-password API). Set it without leaving it in the shell's history:
 #   read -rs MLFLOW_AUTH_ADMIN_PASSWORD && export MLFLOW_AUTH_ADMIN_PASSWORD
 # Users and permissions are kept in MLFLOW_AUTH_DIR (default: ARTIFACT_DIR/../mlflow-auth). Clients give theirs
 # as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or in the URI (http://USER:PASSWORD@HOST:PORT),
@@ -71,18 +71,20 @@ if [ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]; then
 fi
 
 if $auth; then
-  if [ -z "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then
+  auth_dir=${MLFLOW_AUTH_DIR:-$(dirname "$artifacts")/mlflow-auth}
+  # The password creates the admin on the first start; once the users' database exists (or with your own ini),
+  # MLflow does not read it, and a restart (systemd, cron) need not hold it.
+  if [ -z "${MLFLOW_AUTH_CONFIG_PATH:-}" ] && [ ! -e "$auth_dir/basic_auth.db" ] && [ -z "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then
     echo "error: --auth needs the admin's password in MLFLOW_AUTH_ADMIN_PASSWORD (12 characters or more; there is" \
       "no default, and never on the command line, which ps shows): read -rs MLFLOW_AUTH_ADMIN_PASSWORD &&" \
       "export MLFLOW_AUTH_ADMIN_PASSWORD, then start again" >&2
     exit 2
   fi
-  if [ "${#MLFLOW_AUTH_ADMIN_PASSWORD}" -lt 12 ]; then
+  if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ] && [ "${#MLFLOW_AUTH_ADMIN_PASSWORD}" -lt 12 ]; then
     echo "error: MLFLOW_AUTH_ADMIN_PASSWORD is too short: MLflow's basic auth needs 12 characters or more" >&2
     exit 2
   fi
   if [ -z "${MLFLOW_AUTH_CONFIG_PATH:-}" ]; then
-    auth_dir=${MLFLOW_AUTH_DIR:-$(dirname "$artifacts")/mlflow-auth}
     (umask 077 && mkdir -p "$auth_dir")
     auth_dir=$(cd "$auth_dir" && pwd)
     (

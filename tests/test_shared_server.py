@@ -93,6 +93,9 @@ def test_shared_server_with_auth_keeps_every_password_private(request, tmp_path,
     with pytest.raises(StoreError, match=r"refused the credentials \(HTTP 401\)") as raised:
         check(f"http://admin:wrong-password!@127.0.0.1:{port}", create=True)
     assert "wrong-password" not in str(raised.value)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    with pytest.raises(StoreError, match=r"asks for a user and password \(HTTP 401\)"):
+        check(f"http://127.0.0.1:{port}", create=True)
     user_url = f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{port}"
     check(user_url, create=True)
 
