@@ -10,6 +10,8 @@ a finalizer swallowed is raised again at the next batch (`raise_pending`), and a
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import signal
 import threading
 from collections.abc import Iterator
@@ -67,3 +69,26 @@ def take() -> KeyboardInterrupt | None:
     global _pending
     interrupt, _pending = _pending, None
     return interrupt
+
+
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP taken as `install` takes them (a store call finishes before its interrupt is
+    raised) inside the block; the handlers before it after (a notebook's, a test process's)."""
+    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    main = threading.current_thread() is threading.main_thread()
+    before = {signum: signal.getsignal(signum) for signum in signals} if main else {}
+    install()
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def forget() -> None:
+    """After a handled Ctrl-C: let the process exit with the status it chooses. CPython remembers a KeyboardInterrupt
+    that escaped code run through `PyRun_String` (Cython's and pybind11's module set-up: an import the Ctrl-C landed
+    in) and then ends `python -m ...` by SIGINT whatever its exit status; running any string through it resets that."""
+    with contextlib.suppress(Exception):
+        ctypes.pythonapi.PyRun_SimpleString(b"pass")

@@ -71,30 +71,26 @@ def _killed_message(interrupt: BaseException) -> str:
 
 @contextmanager
 def run_lifecycle(
-    client,
-    run_id: str,
+    outbox: Outbox,
     parent: str | None = None,
     raise_failures: bool = True,
     on_end: Callable[[Outcome], None] = lambda outcome: None,
     name: str = "",
     files: Path | None = None,
-    outbox: Outbox | None = None,
     wait_s: float = 0.0,
 ) -> Iterator[Outcome]:
-    """End the run FINISHED, FAILED (error tag, exception logged) or KILLED (Ctrl-C, SIGTERM, a scheduler's exit,
-    or such an interrupt that a library's clean-up turned into another error), calling `on_end` first.
+    """End the outbox's run FINISHED, FAILED (error tag, exception logged) or KILLED (Ctrl-C, SIGTERM, a scheduler's
+    exit, or such an interrupt that a library's clean-up turned into another error), calling `on_end` first.
 
     An interrupt always propagates (Ctrl-C also ends the sweep's parent run); a failure propagates only with
     `raise_failures` (a sweep's job returns instead, so the other jobs go on). `name` is what the log calls the job.
-    With an `outbox`, the ending is its last record, waited for at most `wait_s` (an interrupted job: at most
+    The ending is the `outbox`'s last record, waited for at most `wait_s` (an interrupted job: at most
     `INTERRUPTED_WAIT_S`). A run the store would not end FINISHED (it went away) does not count as finished: the job
     fails, naming `files`, the folder that keeps what the run wrote, and the journal its records wait in.
     """
-    outcome = Outcome()
+    outcome, run_id = Outcome(), outbox.run_id
 
     def end(status: str, error: str | None = None, wait: float = wait_s) -> bool | str:
-        if outbox is None:
-            return tracking.end_run(client, run_id, status, error)
         outbox.end(status, error)
         return outbox.close(wait)
 
@@ -102,7 +98,7 @@ def run_lifecycle(
         outcome.status, outcome.error = "KILLED", _killed_message(interrupt)
         end("KILLED", outcome.error, min(wait_s, INTERRUPTED_WAIT_S))
         if parent and isinstance(interrupt, KeyboardInterrupt):
-            tracking.end_run(client, parent, "KILLED", outcome.error)
+            tracking.end_run(outbox.client, parent, "KILLED", outcome.error)
         on_end(outcome)
 
     try:
@@ -127,8 +123,7 @@ def run_lifecycle(
         ended = end("FINISHED")
         if ended is not True:
             kept = f"; its files stay in {files}" if files else ""
-            if outbox is not None:
-                kept += f"; its records wait in {outbox.path}, sent by the next command that opens the store"
+            kept += f"; its records wait in {outbox.path}, sent by the next command that opens the store"
             outcome.status = "FAILED"
             outcome.error = redact(f"trained, but the store would not end run {run_id} FINISHED ({ended}){kept}")
             log.error("job failed: %s: %s", name or run_id, outcome.error)
@@ -279,7 +274,7 @@ def _train_seat(
     outbox = Outbox(client, cfg.tracking.uri, seat.run_id, cfg.paths.runs)
     wait_s = float(cfg.tracking.outage_wait_s)
     with (
-        run_lifecycle(client, seat.run_id, parent, raise_failures, end, seat.name, seat.out_dir, outbox, wait_s) as out,
+        run_lifecycle(outbox, parent, raise_failures, end, seat.name, seat.out_dir, wait_s) as out,
         tracking.system_metrics(cfg.tracking.uri, seat.run_id, cfg.tracking.system_metrics_s),
     ):
         out.fields = _train_and_log(cfg, outbox, seat.out_dir, warm)

@@ -73,6 +73,7 @@ class Outbox:
         self._sent = 0
         self._since: float | None = None  # when the store first refused the record now at the head
         self._why: str | None = None
+        self._end_refused: str | None = None  # the store refused the run's ending for good: the job did not end it
         self._wake = threading.Event()
         self._deadline: float | None = None  # set by close: the thread gives up then
         self._owner = FileLock(_lock_file(self.path))  # held while this job may still add records (`replay`)
@@ -120,7 +121,9 @@ class Outbox:
                 except Exception as error:
                     why = unavailable(error)
                     if why is None:  # a record the store will never take: said, and passed over
-                        log.error("run %s: the store refused %s: %s", self.run_id, list(record)[0], redact(str(error)))
+                        log.error("run %s: the store refused %s: %s", self.run_id, list(record)[0], first_line(error))
+                        if "end" in record:
+                            self._end_refused = first_line(error)
                     else:
                         self._since = self._since or time.time()
                         self._why = why
@@ -131,11 +134,13 @@ class Outbox:
                 self._since = None
                 _write_sent(self.path, self._sent)
             if self._records and "end" in self._records[-1] and self._sent == len(self._records):
-                _remove(self.path)
+                if self._end_refused is None:  # else the journal stays, for a later command to try again
+                    _remove(self.path)
                 return
 
     def close(self, wait_s: float) -> bool | str:
-        """Wait at most `wait_s` for every record to reach the store: True, or why not (they stay in the journal)."""
+        """Wait at most `wait_s` for every record to reach the store: True, or why not (they stay in the journal): an
+        outage that lasted, or the store refusing the run's ending."""
         if self._thread.is_alive() and self._sent < len(self._records) and self._since is not None:
             log.warning(
                 "run %s: %s; retrying for up to %.0f s (its records are kept in %s)",
@@ -149,7 +154,7 @@ class Outbox:
         self._thread.join(timeout=wait_s + 5)
         try:
             if self._sent >= len(self._records):
-                return True
+                return self._end_refused or True
             why = self.reason()
             with contextlib.suppress(OSError):
                 self._journal({"late": why})

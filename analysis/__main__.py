@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ablation import interrupts
 from ablation.contract import MARGINS, quiet_environment, redact
-from analysis.runs import AnalysisError, NotLogged, forget_interrupt, load_study, taking_interrupts, tracking_uri
+from analysis.runs import AnalysisError, NotLogged, load_study, tracking_uri
 
 
 def margins(spec: str) -> dict[str, float]:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        with taking_interrupts():  # Ctrl-C, SIGTERM, SIGHUP: after the store call they land in; one line, exit 130
+        with interrupts.installed():  # Ctrl-C, SIGTERM, SIGHUP: after the store call they land in; one line, exit 130
             return _calibrate(args) if args.command == "calibrate" else _report(args)
     except AnalysisError as error:
         hint = "; pass --no-log to write it without logging it" if isinstance(error, NotLogged) else ""
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         interrupts.take()
-        forget_interrupt()
+        interrupts.forget()
         why = str(interrupt) or "Ctrl-C"  # SIGTERM and SIGHUP say their name
         print(f"analysis {args.command}: interrupted ({why}); {_left(interrupt)}", file=sys.stderr)
         return interrupts.EXIT_STATUS

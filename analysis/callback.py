@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablation import interrupts, tracking
 from ablation.contract import PARENT_FILE, redact
-from analysis.runs import NotLogged, forget_interrupt, taking_interrupts
+from analysis.runs import NotLogged
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class SweepReport(Callback):
             return
         parent = json.loads(record.read_text())
         retry = f"python -m analysis report --sweep {parent['run_id']}"
-        with taking_interrupts():  # as the jobs take them, also where they ran in other processes
+        with interrupts.installed():  # as the jobs take them, also where they ran in other processes
             self._report(config, parent, retry)
 
     def _report(self, config: DictConfig, parent: dict, retry: str) -> None:
@@ -78,7 +78,7 @@ def _interrupted(parent: dict, interrupt: KeyboardInterrupt, retry: str) -> None
             ended = tracking.end_run(tracking.client(parent["tracking_uri"]), parent["run_id"], "KILLED", why)
     except KeyboardInterrupt:
         interrupts.take()
-    forget_interrupt()
+    interrupts.forget()
     state = "ended KILLED" if ended is True else f"not ended ({ended})"
     print(f"\nSweep {why}; parent run {parent['run_id']} {state}. Report with: {retry}", flush=True)
     raise SystemExit(interrupts.EXIT_STATUS)

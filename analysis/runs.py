@@ -9,13 +9,8 @@ which includes the seed, and `ablation.data_digest`) only the newest is kept: th
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
-import signal
 import tempfile
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from requests.exceptions import RequestException
 from sqlalchemy.exc import SQLAlchemyError
 
-from ablation import interrupts, store, tracking
+from ablation import store, tracking
 from ablation.contract import (
     CONFIG_HASH,
     CURVE_METRICS,
@@ -102,29 +97,6 @@ class Study:
     def data_record(self, run_id: str, dst: Path) -> dict | None:
         path = self.artifact(run_id, DATA_RECORD, dst)
         return json.loads(path.read_text()) if path else None
-
-
-@contextlib.contextmanager
-def taking_interrupts() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP as `ablation.interrupts` takes them (a store call finishes before its interrupt is
-    raised) inside the block; the handlers before it after (a notebook's, a test process's)."""
-    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
-    main = threading.current_thread() is threading.main_thread()
-    before = {signum: signal.getsignal(signum) for signum in signals} if main else {}
-    interrupts.install()
-    try:
-        yield
-    finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
-
-
-def forget_interrupt() -> None:
-    """After a handled Ctrl-C: let the process exit with the status it chooses. CPython remembers a KeyboardInterrupt
-    that escaped code run through `PyRun_String` (Cython's and pybind11's module set-up: an import the Ctrl-C landed
-    in) and then ends `python -m ...` by SIGINT whatever its exit status; running any string through it resets that."""
-    with contextlib.suppress(Exception):
-        ctypes.pythonapi.PyRun_SimpleString(b"pass")
 
 
 def tracking_uri(given: str | None) -> str:

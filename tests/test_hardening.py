@@ -20,6 +20,7 @@ from PIL import Image
 from ablation import contract, data, tracking
 from ablation.data import data_digest, decode_image
 from ablation.job import RunNotEndedError, run_lifecycle
+from ablation.outbox import Outbox
 from ablation.resume import Identity, already_finished
 from ablation.validate import ConfigError, validate
 
@@ -112,7 +113,8 @@ def test_a_run_the_store_will_not_end_finished_does_not_count_as_finished(tmp_pa
         run_id = tracking.create_run(client, tracking.ensure_experiment(client, "gone", None), "r", {})
         ended = []
         with pytest.raises(RunNotEndedError) if raise_failures else contextlib.nullcontext():  # noqa: SIM117
-            with run_lifecycle(client, run_id, None, raise_failures, ended.append, "job", files):
+            outbox = Outbox(client, f"sqlite:///{db}", run_id, tmp_path / f"runs-{raise_failures}")
+            with run_lifecycle(outbox, None, raise_failures, ended.append, "job", files):
                 db.unlink()  # trained; then the store goes away before the run is ended
         [outcome] = ended
         assert outcome.status == "FAILED"
